@@ -1,0 +1,331 @@
+"""Build the FedAvg job with site-local MLflow tracking, then simulate, export or submit it.
+
+    python job/job.py --site site-1=http://127.0.0.1:5001 --site site-2=http://127.0.0.1:5002 --env sim
+
+Each site gets its own SiteMLflowReceiver, pointed at that site's own tracking URI and listening
+only to local analytics events. The ConvertToFedEvent component that nvflare adds to every
+client is removed, so no metric is ever forwarded to the FL server.
+"""
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_PROJECT = os.path.join(ROOT, "provision", "project.yml")
+JOB_NAME = "fedavg-site-tracking"
+FED_FORWARDER_ID = "event_to_fed"
+TERMINAL_STATUSES = ("FINISHED", "ABORTED", "FAILED")
+
+log = logging.getLogger("fedtrack.job")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def project_sites(project_file: str) -> list:
+    import yaml
+
+    try:
+        with open(project_file) as f:
+            project = yaml.safe_load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read the project file {project_file}: {e.strerror}")
+    return [p["name"] for p in project.get("participants", []) if p.get("type") == "client"]
+
+
+def check_tracking_uri(site: str, uri: str) -> str:
+    parsed = urllib.parse.urlsplit(uri)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1 or parsed.query or parsed.fragment:
+        raise UsageError(
+            f"site {site}: {uri!r} is not an http(s) tracking URI; use --site {site}=http://HOST:PORT "
+            f"(the address of {site}'s own MLflow server)"
+        )
+    return uri.rstrip("/")
+
+
+def parse_sites(specs: list, known: list) -> dict:
+    """['site-1=http://h:1', ...] -> {'site-1': 'http://h:1', ...}, or a UsageError naming the fix."""
+    if not specs:
+        raise UsageError(f"no site given; use --site NAME=http://HOST:PORT for each of {', '.join(known)}")
+    sites = {}
+    for spec in specs:
+        name, sep, uri = spec.partition("=")
+        name = name.strip()
+        if name not in known:
+            raise UsageError(f"unknown site {name!r}; the project's sites are {', '.join(known)}")
+        if name in sites:
+            raise UsageError(f"site {name} is given twice; give each site once")
+        if not sep or not uri.strip():
+            raise UsageError(f"site {name} has no tracking URI; use --site {name}=http://HOST:PORT")
+        sites[name] = check_tracking_uri(name, uri.strip())
+    return sites
+
+
+def check_admin_kit(kit: str, username: str = None) -> str:
+    """The admin user name of a startup kit, or a UsageError saying what to fix."""
+    import json
+
+    if not kit:
+        raise UsageError("--env prod needs --startup-kit DIR, the admin's startup kit (run `make provision`)")
+    fed_admin = os.path.join(kit, "startup", "fed_admin.json")
+    if not os.path.isdir(kit):
+        raise UsageError(f"startup kit not found at {kit}; run `make provision`")
+    if not os.path.isfile(fed_admin):
+        raise UsageError(f"{kit} is not an admin startup kit (no startup/fed_admin.json); use the admin's kit")
+    with open(fed_admin) as f:
+        admin = json.load(f).get("admin", {})
+    for key in ("client_cert", "client_key", "ca_cert"):
+        path = os.path.join(kit, "startup", admin.get(key, f"<{key} missing>"))
+        if not os.path.isfile(path):
+            raise UsageError(f"admin startup kit {kit} lacks {os.path.basename(path)}; provision it again")
+    kit_user = admin.get("username")
+    if username and kit_user and username != kit_user:
+        raise UsageError(f"startup kit {kit} belongs to {kit_user}, not {username}")
+    return username or kit_user
+
+
+# ---------------------------------------------------------------- the job
+
+
+def build_recipe(
+    sites: dict,
+    rounds: int,
+    dataset: str = "digits",
+    data_dir: str = "data",
+    local_epochs: int = 2,
+    lr: float = 0.02,
+    batch_size: int = 32,
+    name: str = JOB_NAME,
+):
+    """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server."""
+    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+    from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
+
+    from model import SimpleNetwork
+    from privacy import MetricLeakGuard
+
+    site_names = list(sites)
+    recipe = FedAvgRecipe(
+        name=name,
+        model=SimpleNetwork(),
+        min_clients=len(sites),
+        num_rounds=rounds,
+        train_script="client.py",  # relative: shipped inside the job, no host path baked in
+        launch_external_process=False,  # in-process: the site's receiver sees the local events
+        key_metric="",  # clients report no metric to the server, so there is none to select a model by
+    )
+    set_per_site_config(
+        recipe,
+        {
+            site: {
+                "train_args": f"--dataset {dataset} --data-dir {data_dir} --local-epochs {local_epochs} "
+                f"--lr {lr} --batch-size {batch_size} --site-index {i} --num-sites {len(sites)}"
+            }
+            for i, site in enumerate(site_names)
+        },
+    )
+    for site, uri in sites.items():
+        add_experiment_tracking(
+            recipe,
+            "mlflow",
+            {"tracking_uri": uri, "kw_args": {"experiment_name": f"{name}-{site}"}},
+            client_side=True,
+            server_side=False,
+            clients=[site],
+        )
+    _use_site_receivers(recipe, sites, name)
+    _remove_fed_forwarding(recipe)
+    recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
+    return recipe
+
+
+def _client_apps(recipe) -> dict:
+    return {t: app for t, app in recipe._job._deploy_map.items() if t != "server"}
+
+
+def _use_site_receivers(recipe, sites: dict, name: str):
+    """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
+    from tracking import SiteMLflowReceiver
+
+    for site, app in _client_apps(recipe).items():
+        comps = app.app_config.components
+        stock = comps["client_receiver"]
+        comps["client_receiver"] = SiteMLflowReceiver(
+            site=site,
+            tracking_uri=sites[site],
+            experiment_name=stock.kw_args["experiment_name"],
+            run_name=name,
+            events=stock.events,
+        )
+
+
+def _remove_fed_forwarding(recipe):
+    """Drop the ConvertToFedEvent widget that would forward every metric to the FL server."""
+    for app in _client_apps(recipe).values():
+        app.app_config.components.pop(FED_FORWARDER_ID, None)
+
+
+def forwarding_components(job_dir: str) -> list:
+    """Client components in an exported job that would send analytics to the server (should be [])."""
+    import glob
+    import json
+
+    found = []
+    for cfg in glob.glob(os.path.join(job_dir, "*", "config", "config_fed_client.json")):
+        with open(cfg) as f:
+            client = json.load(f)
+        for comp in client.get("components", []):
+            path = comp.get("path", "")
+            args = comp.get("args", {})
+            events = args.get("events_to_convert", []) + [e for e in args.get("events", []) if e.startswith("fed.")]
+            if path.endswith("ConvertToFedEvent") or events:
+                found.append(f"{os.path.relpath(cfg, job_dir)}: {comp.get('id')} ({path})")
+        for executor in client.get("executors", []):
+            args = executor.get("executor", {}).get("args", {})
+            if args.get("launch_external_process") or args.get("execution_mode", "in_process") != "in_process":
+                found.append(f"{os.path.relpath(cfg, job_dir)}: external process (fires fed events directly)")
+    return found
+
+
+# ---------------------------------------------------------------- environments
+
+
+def run_sim(recipe, sites: dict, workspace: str) -> int:
+    from nvflare.recipe.sim_env import SimEnv
+
+    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=workspace)
+    run = recipe.run(env)
+    result = run.get_result()
+    log.info("simulation finished; workspace %s", result)
+    print(f"job {run.get_job_id()} FINISHED; workspace {result}")
+    return 0
+
+
+def run_export(recipe, export_dir: str) -> int:
+    recipe.export(export_dir)
+    job_dir = os.path.join(export_dir, recipe.name)
+    leaks = forwarding_components(job_dir)
+    if leaks:
+        raise RuntimeError(f"exported job would forward metrics to the server: {leaks}")
+    print(f"job exported to {job_dir}")
+    return 0
+
+
+def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int:
+    from nvflare.recipe.prod_env import ProdEnv
+
+    env = ProdEnv(startup_kit_location=kit, username=username, login_timeout=30.0)
+    try:
+        run = recipe.run(env)
+    except Exception as e:  # the Flare API's reason, on one line
+        raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
+    job_id = run.get_job_id()
+    print(f"submitted job {job_id}", flush=True)
+    if not wait:
+        return 0
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = env.get_job_status(job_id)
+        if status and any(status.startswith(s) for s in TERMINAL_STATUSES):
+            break
+        time.sleep(3)
+    print(f"job {job_id} {status}")
+    return 0 if status == "FINISHED:COMPLETED" else 1
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--site", action="append", default=[], metavar="NAME=URI", help="a site and its own MLflow URI")
+    p.add_argument("--name", default=JOB_NAME, help="job name; each site's experiment is NAME-SITE")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
+    p.add_argument("--data-dir", default="data", help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
+    p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
+    p.add_argument("--startup-kit", help="admin startup kit (prod)")
+    p.add_argument("--username", help="admin user (prod; default: the kit's)")
+    p.add_argument("--export-dir", default="jobs", help="where --env export writes the job folder")
+    p.add_argument("--workspace", default="/tmp/nvflare/simulation", help="simulator workspace root (sim)")
+    p.add_argument("--project", default=DEFAULT_PROJECT, help="project.yml that names the sites")
+    p.add_argument("--no-wait", action="store_true", help="prod: return once the job is submitted")
+    p.add_argument("--timeout", type=float, default=3600, help="prod: seconds to wait for the job")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        for flag, value in (("--rounds", args.rounds), ("--local-epochs", args.local_epochs), ("--batch-size", args.batch_size)):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1")
+        if not args.lr > 0:
+            raise UsageError("--lr must be positive")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
+            raise UsageError(f"job name {args.name!r}: use lowercase letters, digits, '-' and '_'")
+        sites = parse_sites(args.site, project_sites(args.project))
+        if args.env == "sim":
+            from data import DataMissingError, require_cifar10
+            from tracking import probe_tracking_server
+
+            if args.dataset == "cifar10":  # the simulated sites read their data on this host
+                try:
+                    args.data_dir = os.path.abspath(args.data_dir)
+                    require_cifar10(args.data_dir)
+                except DataMissingError as e:
+                    raise UsageError(str(e))
+            # The simulator runs every site on this host, so this host may check each site's server.
+            # (In prod the submitter must not reach a site's MLflow: each site checks its own.)
+            for site, uri in sites.items():
+                problem = probe_tracking_server(uri)
+                if problem:
+                    raise UsageError(f"site {site}: tracking server {uri} does not answer ({problem}); start it first")
+        username = check_admin_kit(args.startup_kit, args.username) if args.env == "prod" else None
+        export_dir = os.path.abspath(args.export_dir)
+        workspace = os.path.abspath(args.workspace)
+        kit = os.path.abspath(args.startup_kit) if args.startup_kit else None
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    # nvflare reads --export/--export-dir from sys.argv on import; this CLI has already parsed them.
+    sys.argv = sys.argv[:1]
+    # Relative paths (train_script, custom code) resolve against job/, so nothing host-specific ships.
+    os.chdir(HERE)
+    sys.path.insert(0, HERE)
+    recipe = build_recipe(
+        sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name
+    )
+    try:
+        if args.env == "sim":
+            return run_sim(recipe, sites, workspace)
+        if args.env == "export":
+            return run_export(recipe, export_dir)
+        return run_prod(recipe, kit, username, not args.no_wait, args.timeout)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""What a site's MLflow server must hold after a job: shared by the process and Docker tests."""
+
+import os
+import zipfile
+
+from mlflow_rest import MLflowREST, params, tags
+
+SITES = ("site-1", "site-2")
+METRICS = ("train_loss", "accuracy", "local_accuracy")
+
+
+def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None) -> dict:
+    """The one run of `site` for this job in `experiment` on the site's own server."""
+    exp = server.experiment_by_name(experiment)
+    assert exp is not None, f"{site}: experiment {experiment} missing on {server.uri}"
+    runs = server.runs([exp["experiment_id"]])
+    if job_id:
+        runs = [r for r in runs if tags(r).get("job_id") == job_id]
+    assert len(runs) == 1, f"{site}: expected one run in {experiment}, found {len(runs)}"
+    return runs[0]
+
+
+def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, dataset: str = "digits") -> dict:
+    """Assert a site's run is complete; return its metric histories."""
+    run_tags = tags(run)
+    assert run["info"]["status"] == "FINISHED", run["info"]
+    assert run_tags.get("site") == site
+    assert run_tags.get("job_id")
+    p = params(run)
+    assert p.get("dataset") == dataset and p.get("rounds") == str(rounds)
+    for key in ("learning_rate", "batch_size", "local_epochs"):
+        assert key in p, f"{site}: param {key} missing: {p}"
+
+    hist = {key: server.history(run["info"]["run_id"], key) for key in METRICS}
+    steps = sorted(m["step"] for m in hist["train_loss"])
+    assert steps, f"{site}: no train_loss"
+    assert steps == list(range(len(steps))), f"{site}: train_loss steps not contiguous from 0 or duplicated"
+    assert len(steps) % rounds == 0, f"{site}: {len(steps)} train_loss steps is not a whole number of rounds"
+    for key in ("accuracy", "local_accuracy"):
+        assert sorted(m["step"] for m in hist[key]) == list(range(rounds)), f"{site}: {key} steps {hist[key]}"
+
+    summary = server.artifact(run, "summary.txt").decode()
+    assert f"site: {site}" in summary and f"rounds: {rounds}" in summary, summary
+    return hist
+
+
+def check_only_own_runs(server: MLflowREST, site: str):
+    """Every run on a site's server is that site's: no other site's run, experiment or tag."""
+    runs = server.runs()
+    assert runs, f"{site}: no runs at all on {server.uri}"
+    foreign = [r["info"]["run_id"] for r in runs if tags(r).get("site") != site]
+    assert not foreign, f"{site}'s server holds runs of other sites: {foreign}"
+    for exp in server.experiments():
+        for other in SITES:
+            if other != site:
+                assert other not in exp["name"], f"{site}'s server has experiment {exp['name']}"
+
+
+def accuracy_by_round(hist: dict, key: str = "accuracy") -> list:
+    return [m["value"] for m in sorted(hist[key], key=lambda m: m["step"])]
+
+
+def metric_strings(histories: list) -> set:
+    """Distinctive text forms of every logged metric value (short ones like 0.5 would match by chance)."""
+    out = set()
+    for hist in histories:
+        for points in hist.values():
+            for m in points:
+                text = repr(float(m["value"]))
+                if len(text) >= 8:
+                    out.add(text)
+    return out
+
+
+def files_holding(root: str, needles: set) -> dict:
+    """{file: [needle, ...]} for every file under root (and every member of a zip) holding a needle."""
+    found = {}
+
+    def scan(name, blob):
+        text = blob.decode("utf-8", errors="ignore")
+        hits = [n for n in needles if n in text]
+        if hits:
+            found[name] = hits
+
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb") as fh:
+                blob = fh.read()
+            scan(path, blob)
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as z:
+                    for member in z.namelist():
+                        scan(f"{path}!{member}", z.read(member))
+    return found

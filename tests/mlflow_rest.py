@@ -1,0 +1,81 @@
+"""A small client for MLflow's REST API, used by the tests and `make status` to read a site's server."""
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+class MLflowREST:
+    def __init__(self, uri: str, timeout: float = 30.0):
+        self.uri = uri.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, params: dict = None, body: dict = None):
+        url = f"{self.uri}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params, doseq=True)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else {}
+
+    def experiments(self) -> list:
+        out, token = [], None
+        while True:
+            body = {"max_results": 1000, **({"page_token": token} if token else {})}
+            page = self._call("POST", "/api/2.0/mlflow/experiments/search", body=body)
+            out += page.get("experiments", [])
+            token = page.get("next_page_token")
+            if not token:
+                return out
+
+    def experiment_by_name(self, name: str):
+        try:
+            return self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": name})["experiment"]
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def runs(self, experiment_ids: list = None) -> list:
+        ids = experiment_ids if experiment_ids is not None else [e["experiment_id"] for e in self.experiments()]
+        out, token = [], None
+        while ids:
+            body = {"experiment_ids": ids, "max_results": 1000, **({"page_token": token} if token else {})}
+            page = self._call("POST", "/api/2.0/mlflow/runs/search", body=body)
+            out += page.get("runs", [])
+            token = page.get("next_page_token")
+            if not token:
+                break
+        return out
+
+    def history(self, run_id: str, key: str) -> list:
+        out, token = [], None
+        while True:
+            params = {"run_id": run_id, "metric_key": key, "max_results": 25000, **({"page_token": token} if token else {})}
+            page = self._call("GET", "/api/2.0/mlflow/metrics/get-history", params)
+            out += page.get("metrics", [])
+            token = page.get("next_page_token")
+            if not token:
+                return out
+
+    def artifact(self, run: dict, path: str) -> bytes:
+        """Download an artifact through the server's artifact proxy (mlflow-artifacts:/...)."""
+        artifact_uri = run["info"]["artifact_uri"]
+        prefix = "mlflow-artifacts:/"
+        if not artifact_uri.startswith(prefix):
+            raise AssertionError(f"artifacts of run {run['info']['run_id']} are not served by the server: {artifact_uri}")
+        rel = artifact_uri[len(prefix) :].strip("/")
+        url = f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{rel}/{path}"
+        with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+            return resp.read()
+
+
+def tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def params(run: dict) -> dict:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}

@@ -1,0 +1,101 @@
+"""Bad input to job.py: one clear line on stderr, exit code 2, nothing started."""
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from conftest import BIN, free_port, run_job
+
+GOOD = ["--site", "site-1=http://127.0.0.1:1", "--site", "site-2=http://127.0.0.1:2"]
+
+
+def one_line_error(result, *expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], ["no site given", "--site NAME=http://HOST:PORT"]),
+        (["--site", "site-3=http://127.0.0.1:5001"], ["unknown site 'site-3'", "site-1, site-2"]),
+        (["--site", "site-1=http://a:1", "--site", "site-1=http://b:2"], ["site-1 is given twice"]),
+        (["--site", "site-1"], ["site site-1 has no tracking URI", "--site site-1=http://HOST:PORT"]),
+        (["--site", "site-1="], ["site site-1 has no tracking URI"]),
+        (["--site", "site-1=localhost:5001"], ["not an http(s) tracking URI"]),
+        (["--site", "site-1=ftp://host:21"], ["not an http(s) tracking URI"]),
+        (["--site", "site-1=http://:5001"], ["not an http(s) tracking URI"]),
+        (["--site", "site-1=http://host:99999"], ["not an http(s) tracking URI"]),
+        (["--site", "site-1=file:///tmp/mlruns"], ["not an http(s) tracking URI"]),
+        (GOOD + ["--rounds", "0"], ["--rounds must be at least 1"]),
+        (GOOD + ["--name", "Bad Name"], ["job name 'Bad Name'"]),
+    ],
+)
+def test_bad_site_and_uri_input(args, expected):
+    one_line_error(run_job(*args, "--env", "export"), *expected)
+
+
+def test_unreachable_tracking_server_is_refused_before_anything_starts(tmp_path):
+    port = free_port()  # nothing listens here
+    workspace = tmp_path / "ws"
+    result = run_job("--site", f"site-1=http://127.0.0.1:{port}", "--site", f"site-2=http://127.0.0.1:{port}",
+                     "--env", "sim", "--workspace", str(workspace), "--rounds", "1")
+    one_line_error(result, "site site-1", f"http://127.0.0.1:{port} does not answer", "start it first")
+    assert not workspace.exists()
+
+
+def test_tracking_server_that_is_not_mlflow_is_refused(tmp_path):
+    with socket.socket() as s:  # accepts connections, never speaks HTTP
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run_job("--site", f"site-1=http://127.0.0.1:{port}", "--env", "sim", "--rounds", "1",
+                         "--workspace", str(tmp_path / "ws"))
+    one_line_error(result, "does not answer")
+
+
+def test_missing_cifar10_names_the_directory_and_how_to_get_it(tmp_path):
+    result = run_job(*GOOD, "--env", "sim", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"))
+    one_line_error(result, f"CIFAR-10 not found in {tmp_path / 'nothing'}", "cifar-10-python.tar.gz", "--dataset digits")
+
+
+def test_prod_needs_an_admin_kit():
+    one_line_error(run_job(*GOOD, "--env", "prod"), "--startup-kit", "make provision")
+
+
+def test_missing_admin_kit(tmp_path):
+    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(tmp_path / "nope")),
+                   "startup kit not found", "make provision")
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kits")
+    subprocess.run([os.path.join(BIN, "nvflare"), "provision", "-p", os.path.join(os.path.dirname(__file__), "..", "provision", "project.yml"),
+                    "-w", str(root), "--force"], check=True, capture_output=True, cwd=root)
+    return root / "fedtrack" / "prod_00"
+
+
+def test_a_client_kit_is_not_an_admin_kit(kits):
+    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(kits / "site-1")), "not an admin startup kit")
+
+
+def test_an_admin_kit_without_its_key(kits, tmp_path):
+    import shutil
+
+    broken = tmp_path / "admin"
+    shutil.copytree(kits / "admin@fedtrack.local", broken)
+    os.remove(broken / "startup" / "client.key")
+    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(broken)), "lacks client.key")
+
+
+def test_a_kit_of_another_user(kits):
+    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(kits / "admin@fedtrack.local"),
+                           "--username", "someone@else.org"), "belongs to admin@fedtrack.local")

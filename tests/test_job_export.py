@@ -1,0 +1,76 @@
+"""The exported job: per-site receivers at each site's own URI, nothing forwarded to the server,
+no host path baked in. No server or Docker needed."""
+
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, run_job
+
+URIS = {"site-1": "http://mlflow-site-1:5000", "site-2": "http://mlflow-site-2:5000"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    args = [a for s, u in URIS.items() for a in ("--site", f"{s}={u}")]
+    result = run_job(*args, "--env", "export", "--export-dir", str(out), "--rounds", "4", "--name", "exp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "exp"
+
+
+def client_config(job_dir, site):
+    with open(job_dir / f"app_{site}" / "config" / "config_fed_client.json") as f:
+        return json.load(f)
+
+
+def test_each_site_gets_one_receiver_at_its_own_uri(exported):
+    for site, uri in URIS.items():
+        comps = client_config(exported, site)["components"]
+        receivers = [c for c in comps if c["path"].endswith("SiteMLflowReceiver")]
+        assert len(receivers) == 1
+        args = receivers[0]["args"]
+        assert args["site"] == site and args["tracking_uri"] == uri
+        assert args["events"] == ["analytix_log_stats"]  # local events only
+        assert args["experiment_name"] == f"exp-{site}"
+        other = next(u for s, u in URIS.items() if s != site)
+        assert other not in json.dumps(client_config(exported, site))
+
+
+def test_no_client_forwards_analytics_to_the_server(exported):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "job"))
+    from job import forwarding_components
+
+    assert forwarding_components(str(exported)) == []
+    for site in URIS:
+        text = json.dumps(client_config(exported, site))
+        assert "ConvertToFedEvent" not in text and "fed.analytix" not in text
+        executor = client_config(exported, site)["executors"][0]["executor"]["args"]
+        assert executor["execution_mode"] == "in_process"
+
+
+def test_server_has_the_guard_and_no_receiver(exported):
+    with open(exported / "app_server" / "config" / "config_fed_server.json") as f:
+        server = json.load(f)
+    paths = [c["path"] for c in server["components"]]
+    assert "privacy.MetricLeakGuard" in paths
+    assert not [p for p in paths if "Receiver" in p]
+    assert "mlflow" not in json.dumps(server).lower()
+
+
+def test_no_host_specific_path_in_the_job(exported):
+    for dirpath, _, files in os.walk(exported):
+        for f in files:
+            with open(os.path.join(dirpath, f), errors="ignore") as fh:
+                text = fh.read()
+            for path in (ROOT, str(exported.parent), os.path.expanduser("~")):
+                assert path not in text, f"{f} contains {path}"
+
+
+def test_job_ships_its_code(exported):
+    for site in URIS:
+        custom = sorted(os.listdir(exported / f"app_{site}" / "custom"))
+        assert {"client.py", "data.py", "model.py", "tracking.py"} <= set(custom), custom
