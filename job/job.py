@@ -110,6 +110,7 @@ def build_recipe(
     lr: float = 0.02,
     batch_size: int = 32,
     name: str = JOB_NAME,
+    spool_limit: int = None,
 ):
     """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server."""
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -147,7 +148,7 @@ def build_recipe(
             server_side=False,
             clients=[site],
         )
-    _use_site_receivers(recipe, sites, name)
+    _use_site_receivers(recipe, sites, name, spool_limit)
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
     return recipe
@@ -157,8 +158,9 @@ def _client_apps(recipe) -> dict:
     return {t: app for t, app in recipe._job._deploy_map.items() if t != "server"}
 
 
-def _use_site_receivers(recipe, sites: dict, name: str):
+def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int = None):
     """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
+    from spool import DEFAULT_MAX_RECORDS
     from tracking import SiteMLflowReceiver
 
     for site, app in _client_apps(recipe).items():
@@ -170,6 +172,7 @@ def _use_site_receivers(recipe, sites: dict, name: str):
             experiment_name=stock.kw_args["experiment_name"],
             run_name=name,
             events=stock.events,
+            max_spooled_records=spool_limit or DEFAULT_MAX_RECORDS,
         )
 
 
@@ -261,6 +264,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
     p.add_argument("--data-dir", default="data", help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
+    p.add_argument("--spool-limit", type=int, default=None,
+                   help="most undelivered tracking records a site keeps (default 1,000,000)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
     p.add_argument("--startup-kit", help="admin startup kit (prod)")
     p.add_argument("--username", help="admin user (prod; default: the kit's)")
@@ -279,6 +284,8 @@ def main(argv=None) -> int:
         for flag, value in (("--rounds", args.rounds), ("--local-epochs", args.local_epochs), ("--batch-size", args.batch_size)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1")
+        if args.spool_limit is not None and args.spool_limit < 1:
+            raise UsageError("--spool-limit must be at least 1")
         if not args.lr > 0:
             raise UsageError("--lr must be positive")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
@@ -294,12 +301,17 @@ def main(argv=None) -> int:
                     require_cifar10(args.data_dir)
                 except DataMissingError as e:
                     raise UsageError(str(e))
-            # The simulator runs every site on this host, so this host may check each site's server.
-            # (In prod the submitter must not reach a site's MLflow: each site checks its own.)
+            # The simulator runs every site on this host, so this host may look at each site's server.
+            # (In prod the submitter must not reach a site's MLflow.) A server that is down is no
+            # reason to stop: each site spools its records and delivers them when it answers.
             for site, uri in sites.items():
                 problem = probe_tracking_server(uri)
                 if problem:
-                    raise UsageError(f"site {site}: tracking server {uri} does not answer ({problem}); start it first")
+                    print(
+                        f"warning: site {site}: tracking server {uri} does not answer ({problem}); "
+                        f"its records are spooled and delivered when it does",
+                        file=sys.stderr,
+                    )
         username = check_admin_kit(args.startup_kit, args.username) if args.env == "prod" else None
         export_dir = os.path.abspath(args.export_dir)
         workspace = os.path.abspath(args.workspace)
@@ -314,7 +326,8 @@ def main(argv=None) -> int:
     os.chdir(HERE)
     sys.path.insert(0, HERE)
     recipe = build_recipe(
-        sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name
+        sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
+        args.spool_limit,
     )
     try:
         if args.env == "sim":

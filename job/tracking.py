@@ -1,25 +1,39 @@
 """The site-local MLflow receiver: one per site, configured with that site's own tracking URI.
 
-It fixes what the stock MLflowReceiver gets wrong for a site-local tracking server:
-- the experiment is created without a client-side `file://` artifact location, so the site's
-  server assigns its own (`mlflow-artifacts:/...`) and artifacts are stored through it;
-- each run is tagged `site` and `job_id`;
-- it refuses to run at any other site than the one it was configured for, so a misrouted job
-  can never send one site's metrics to another site's server;
-- it checks that the tracking server answers before the job starts logging, with a short
-  timeout and a one-line error, instead of blocking for minutes in HTTP retries;
-- `buffer_flush_time` is kept under its own name so it survives job export.
+It listens to the site's local analytics events only and never talks to the network itself:
+each record (metric, param, tag, text artifact) is appended to a durable spool on the site's
+storage, and a forwarder process delivers the spool to the site's MLflow server (see spool.py).
+So a log call in the training script returns in microseconds whether the server is up, slow or
+down, and nothing logged is lost or duplicated in MLflow.
+
+Compared with nvflare's stock MLflowReceiver it also:
+- refuses to run at any other site than the one it was configured for, so a misrouted job can
+  never send one site's metrics to another site's server;
+- creates the experiment without a client-side `file://` artifact location, so artifacts are
+  stored and served by the site's server (`mlflow-artifacts:/...`);
+- tags each run `site` and `job_id`, and sets the run's real final status when the job ends.
 """
 
 import json
+import logging
+import os
+import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import List, Optional
 
-from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsData, AnalyticsDataType, LogWriterName
+from nvflare.apis.dxo import from_shareable
 from nvflare.apis.fl_context import FLContext
-from nvflare.app_opt.tracking.mlflow.mlflow_receiver import MLflowReceiver
+from nvflare.apis.shareable import Shareable
+from nvflare.app_common.widgets.streaming import AnalyticsReceiver
+
+from spool import DEFAULT_MAX_RECORDS, SpoolWriter, start_forwarder
+
+SPOOL_DIR = "tracking-spool"
+FORWARDER_CHECK = 5.0  # seconds between checks that the site's forwarder runs
+
+log = logging.getLogger("fedtrack.tracking")
 
 
 def probe_tracking_server(uri: str, timeout: float = 5.0) -> Optional[str]:
@@ -39,7 +53,7 @@ def probe_tracking_server(uri: str, timeout: float = 5.0) -> Optional[str]:
         return str(getattr(e, "reason", e))
 
 
-class SiteMLflowReceiver(MLflowReceiver):
+class SiteMLflowReceiver(AnalyticsReceiver):
     def __init__(
         self,
         site: str,
@@ -47,25 +61,17 @@ class SiteMLflowReceiver(MLflowReceiver):
         experiment_name: str,
         run_name: str = "fedavg",
         events: Optional[List[str]] = None,
-        buffer_flush_time: float = 1.0,
-        probe_timeout: float = 5.0,
+        max_spooled_records: int = DEFAULT_MAX_RECORDS,
     ):
+        super().__init__(events=events or [ANALYTIC_EVENT_TYPE])
         self.site = site
+        self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.run_name = run_name
-        self.buffer_flush_time = buffer_flush_time
-        self.probe_timeout = probe_timeout
-        super().__init__(
-            tracking_uri=tracking_uri,
-            kw_args={
-                "experiment_name": experiment_name,
-                "run_name": run_name,
-                "experiment_tags": {"site": site},
-                "run_tags": {"site": site},
-            },
-            events=events or [ANALYTIC_EVENT_TYPE],
-            buffer_flush_time=buffer_flush_time,
-        )
+        self.max_spooled_records = max_spooled_records
+        self.writer = None
+        self.spool_dir = None
+        self._last_check = 0.0
 
     def initialize(self, fl_ctx: FLContext):
         identity = fl_ctx.get_identity_name()
@@ -74,20 +80,58 @@ class SiteMLflowReceiver(MLflowReceiver):
                 f"this receiver is configured for site {self.site!r} but runs at {identity!r}; "
                 f"refusing to send {identity}'s metrics to {self.site}'s tracking server"
             )
-        problem = probe_tracking_server(self.tracking_uri, self.probe_timeout)
-        if problem:
-            raise RuntimeError(
-                f"{self.site}: MLflow tracking server {self.tracking_uri} does not answer ({problem}); "
-                f"start it or fix this site's tracking URI"
-            )
-        super().initialize(fl_ctx)
+        job_id = run_label = fl_ctx.get_job_id()
+        if job_id == "simulate_job":  # every simulator run has this id: make the run's tag unique
+            job_id = f"simulate_job-{int(time.time() * 1000)}"
+            run_label = f"sim-{job_id[-13:]}"
+        self.spool_dir = os.path.join(fl_ctx.get_engine().get_workspace().get_root_dir(), SPOOL_DIR)
+        self.writer = SpoolWriter(
+            self.spool_dir,
+            f"{job_id}-{self.site}",
+            meta={
+                "tracking_uri": self.tracking_uri,
+                "experiment_name": self.experiment_name,
+                "site": self.site,
+                "job_id": job_id,
+                "run_name": f"{self.site}-{run_label[:17]}",
+                "created_ms": int(time.time() * 1000),
+            },
+            max_records=self.max_spooled_records,
+        )
+        self._ensure_forwarder()
+        self.log_info(fl_ctx, f"tracking {self.site} to {self.tracking_uri} through the spool in {self.spool_dir}")
 
-    def _get_run_name(self, kwargs, site_name, job_id_tag, job_name):
-        return f"{site_name}-{job_id_tag[:8]}"
+    def _ensure_forwarder(self):
+        self._last_check = time.monotonic()
+        start_forwarder(self.spool_dir)
 
-    def _get_or_create_experiment(self, mlflow_client, experiment_name, artifact_location, experiment_tags=None):
-        # Ignore the client-side artifact path: the site's server decides where artifacts live.
-        experiment = mlflow_client.get_experiment_by_name(name=experiment_name)
-        if experiment:
-            return experiment.experiment_id
-        return mlflow_client.create_experiment(name=experiment_name, tags=experiment_tags)
+    def save(self, fl_ctx: FLContext, shareable: Shareable, record_origin: str):
+        data = AnalyticsData.from_dxo(from_shareable(shareable), receiver=LogWriterName.MLFLOW)
+        if not data:
+            return
+        ts = int(time.time() * 1000)  # the log call's time: kept through every retry
+        t = data.data_type
+        if t == AnalyticsDataType.METRIC:
+            self.writer.append("metric", data.tag, float(data.value), data.step or 0, ts)
+        elif t == AnalyticsDataType.METRICS:
+            for k, v in data.value.items():
+                self.writer.append("metric", k, float(v), data.step or 0, ts)
+        elif t == AnalyticsDataType.PARAMETER:
+            self.writer.append("param", data.tag, str(data.value), None, ts)
+        elif t == AnalyticsDataType.PARAMETERS:
+            for k, v in data.value.items():
+                self.writer.append("param", k, str(v), None, ts)
+        elif t == AnalyticsDataType.TAG:
+            self.writer.append("tag", data.tag, str(data.value), None, ts)
+        elif t == AnalyticsDataType.TAGS:
+            for k, v in data.value.items():
+                self.writer.append("tag", k, str(v), None, ts)
+        elif t == AnalyticsDataType.TEXT and data.kwargs.get("path"):
+            self.writer.append("text", data.kwargs["path"], data.value, None, ts)
+        if time.monotonic() - self._last_check > FORWARDER_CHECK:
+            self._ensure_forwarder()
+
+    def finalize(self, fl_ctx: FLContext):
+        if self.writer:
+            self.writer.close("FINISHED")
+            self._ensure_forwarder()

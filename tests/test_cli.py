@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, free_port, run_job
+from support import BIN, free_port, run_job
 
 GOOD = ["--site", "site-1=http://127.0.0.1:1", "--site", "site-2=http://127.0.0.1:2"]
 

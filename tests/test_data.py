@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from support import ROOT
 
 import os
 import sys

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, run_job
+from support import ROOT, run_job
 
 URIS = {"site-1": "http://mlflow-site-1:5000", "site-2": "http://mlflow-site-2:5000"}
 

@@ -20,7 +20,7 @@ from checks import (
     metric_strings,
     site_run,
 )
-from conftest import ROOT, load_json, run_job
+from support import ROOT, load_json, run_job
 from mlflow_rest import MLflowREST
 
 ROUNDS = 3

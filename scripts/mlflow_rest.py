@@ -1,4 +1,4 @@
-"""A small client for MLflow's REST API, used by the tests and `make status` to read a site's server."""
+"""A small stdlib-only client for MLflow's REST API: `make status` and the tests read each site's server with it."""
 
 import json
 import urllib.error

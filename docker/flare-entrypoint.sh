@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Start an NVFlare server or client from a startup kit mounted read-only at $KIT, with its
+# writable workspace (logs, job runs, job store) at $WORKSPACE, a persistent volume.
+# The kit's keys are linked, never copied into the workspace or the image.
+#   fedtrack-entrypoint            run the participant the kit was made for (server or client)
+#   fedtrack-entrypoint CMD ...    run CMD (e.g. the admin's job submission) instead
+set -euo pipefail
+KIT=${KIT:-/kit}
+WORKSPACE=${WORKSPACE:-/workspace}
+
+if [ ! -d "$KIT/startup" ]; then
+  echo "error: startup kit not found at $KIT; run \`make provision\`" >&2
+  exit 1
+fi
+if [ $# -gt 0 ]; then
+  exec "$@"
+fi
+
+sub_start="$KIT/startup/sub_start.sh"
+[ -f "$sub_start" ] || { echo "error: $KIT is not a server or client kit (no startup/sub_start.sh)" >&2; exit 1; }
+# The kit's own launch command (module, uid, org), as its start script would run it.
+cmd=$(sed -n 's/^ *exec \(python3 -u -m nvflare\.private\.fed\.app\..*\)$/\1/p' "$sub_start")
+[ -n "$cmd" ] || { echo "error: no launch command found in $sub_start" >&2; exit 1; }
+
+# nvflare finds its config by walking the workspace, which does not follow a linked directory:
+# startup/ is a real folder of links to the kit's files.
+rm -rf "$WORKSPACE/startup"
+mkdir -p "$WORKSPACE/startup" "$WORKSPACE/local" "$WORKSPACE/transfer"
+ln -s "$KIT"/startup/* "$WORKSPACE/startup/"
+cp "$KIT"/local/* "$WORKSPACE/local/"
+# The server keeps its job store and snapshots on its volume, not in the container's /tmp.
+if [ -f "$KIT/startup/fed_server.json" ]; then
+  sed "s#/tmp/nvflare#$WORKSPACE/store#g" "$WORKSPACE/local/resources.json.default" > "$WORKSPACE/local/resources.json"
+fi
+rm -f "$WORKSPACE"/{pid,shutdown,restart,daemon_pid}.fl
+# A fresh log.txt per start (three earlier ones kept): the client's healthcheck reads it for
+# this start's registration.
+for i in 2 1; do [ -f "$WORKSPACE/log.txt.$i" ] && mv "$WORKSPACE/log.txt.$i" "$WORKSPACE/log.txt.$((i + 1))"; done
+[ -f "$WORKSPACE/log.txt" ] && mv "$WORKSPACE/log.txt" "$WORKSPACE/log.txt.1"
+# Tracking records a job spooled at this site and could not deliver yet (its MLflow was down when
+# the container stopped): the site's forwarder resumes delivering them now.
+spool="$WORKSPACE/tracking-spool"
+if [ -f "$spool/forwarder.py" ] && compgen -G "$spool/*.spool" >/dev/null; then
+  setsid python3 "$spool/forwarder.py" forward "$spool" >>"$spool/forwarder.log" 2>&1 < /dev/null &
+fi
+echo "fedtrack: $cmd (kit $KIT, workspace $WORKSPACE)"
+eval "exec $cmd"  # the kit's command refers to "$WORKSPACE", set above

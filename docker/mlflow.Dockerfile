@@ -1,0 +1,53 @@
+# MLflow tracking server image (one per site): Python 3.11 venv with the mlflow pin only.
+# Data (SQLite backend store + served artifacts) lives in the /mlflow volume.
+#
+# Build context = build/context/mlflow/, staged by scripts/build-images.sh (no network needed):
+#   wheels/  hard links to build/wheelhouse/mlflow/ (scripts/wheelhouse.sh), incl. requirements.txt
+# then: docker build -f docker/mlflow.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
+#                     -t fedtrack/mlflow:3.17.2 build/context/mlflow
+# (scripts/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
+# Compose should override CMD to add e.g. --allowed-hosts for its service name; the
+# healthcheck reads MLFLOW_HEALTH_URL (default http://127.0.0.1:5000/health) if the port changes.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+# Marks this stage's images: scripts/build-images.sh tags the current one and prunes older ones.
+LABEL fedtrack.stage=build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+COPY wheels /wheels
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels -r /wheels/requirements.txt \
+ && /opt/venv/bin/pip check \
+ && rm -rf /root/.cache
+
+FROM ${BASE_IMAGE}
+# Order matters for the legacy builder on fuse-overlayfs: every step after the venv COPY commits
+# a container on top of it, so metadata comes first and only the build-hash label comes after.
+ARG MLFLOW_VERSION=unknown
+LABEL org.opencontainers.image.title="fedtrack-mlflow" \
+      org.opencontainers.image.description="MLflow ${MLFLOW_VERSION} tracking server (SQLite + served artifacts in /mlflow)" \
+      org.opencontainers.image.version="${MLFLOW_VERSION}" \
+      fedtrack.mlflow.version="${MLFLOW_VERSION}"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/mlflow \
+    MLFLOW_HEALTH_URL=http://127.0.0.1:5000/health
+RUN groupadd --system --gid 10002 mlflow \
+ && useradd --system --uid 10002 --gid 10002 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow \
+ && mkdir -p /mlflow/artifacts \
+ && chown -R mlflow:mlflow /mlflow
+VOLUME ["/mlflow"]
+WORKDIR /mlflow
+USER 10002:10002
+EXPOSE 5000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
+  CMD ["python3", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['MLFLOW_HEALTH_URL'], timeout=4).status == 200 else 1)"]
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", \
+     "--backend-store-uri", "sqlite:////mlflow/mlflow.db", \
+     "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts"]
+# Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
+ARG BUILD_HASH=none
+COPY --from=build /opt/venv /opt/venv
+LABEL fedtrack.build-hash="${BUILD_HASH}"

@@ -1,0 +1,347 @@
+"""Durable, site-local delivery of tracking records to the site's own MLflow server.
+
+The training side only appends records to a spool on the site's persistent storage (one SQLite
+file per job, in `<site workspace>/tracking-spool/`): no network I/O, tens of microseconds per
+record. A forwarder process (`python3 spool.py forward DIR`, one per site, started by the
+receiver and by the FLARE container at start) delivers them in order and in batches, retrying
+with backoff until the server accepts them, and deletes a record only after the server has it.
+It outlives the job: records spooled while the server is down arrive after it returns, and the
+run then gets its real final status.
+
+Exactly once as seen in MLflow: a metric keeps the timestamp of its log call, and MLflow's store
+drops a point identical to one it holds (key, value, timestamp, step), so a batch re-sent after
+a lost answer adds nothing. Params are re-sent with the same value; tags and text artifacts
+overwrite. The run is found again by its `job_id` and `site` tags before one is created.
+
+Bounded: a spool holds at most `max_records` undelivered records; past that, new records are
+refused and counted (a warning in the site's log, and in `status`); what is spooled is kept.
+
+    python3 spool.py forward DIR      deliver everything in DIR, then exit
+    python3 spool.py status DIR       one line: spooled (undelivered) and refused record counts
+"""
+
+import fcntl
+import glob
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+FORWARDER_LOCK = ".forwarder.lock"
+SUFFIX = ".spool"
+DEFAULT_MAX_RECORDS = 1_000_000
+BATCH = 1000  # MLflow's log-batch limits: 1000 metrics, 100 params, 100 tags per request
+POLL = 0.2  # seconds between looks at an idle spool
+BACKOFF = (0.5, 1, 2, 5, 10, 20, 30)
+IDLE_EXIT = 30.0  # seconds a forwarder with nothing left to do stays before it exits
+
+log = logging.getLogger("fedtrack.spool")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,      -- metric | param | tag | text | end
+    key TEXT NOT NULL,
+    value TEXT,
+    step INTEGER,
+    ts INTEGER NOT NULL      -- milliseconds since the epoch, when it was logged
+);
+"""
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it fast
+    db.executescript(SCHEMA)
+    return db
+
+
+def _meta(db) -> dict:
+    return dict(db.execute("SELECT key, value FROM meta"))
+
+
+def _set_meta(db, **values):
+    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
+
+
+def _process_token(pid: int) -> str:
+    """pid plus its start time, so a reused pid is not taken for the writer."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f"{pid}:{f.read().rsplit(')', 1)[1].split()[19]}"
+    except OSError:
+        return f"{pid}:?"
+
+
+def _alive(token: str) -> bool:
+    pid = int(token.split(":")[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return _process_token(pid) == token
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+class SpoolWriter:
+    """Appends one job's records at a site. Used from the training process only."""
+
+    def __init__(self, spool_dir: str, job_key: str, meta: dict, max_records: int = DEFAULT_MAX_RECORDS):
+        os.makedirs(spool_dir, exist_ok=True)
+        self.spool_dir = spool_dir
+        self.path = os.path.join(spool_dir, job_key + SUFFIX)
+        self.max_records = max_records
+        self.db = _connect(self.path)
+        self.refused = int(_meta(self.db).get("refused", 0))
+        _set_meta(self.db, writer=_process_token(os.getpid()), closed=0, max_records=max_records, **meta)
+        self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+        self.closed = False
+
+    def pending(self) -> int:
+        first = self.db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+        return 0 if first is None else self.last_seq - first + 1
+
+    def append(self, kind: str, key: str, value=None, step: int = None, ts: int = None) -> bool:
+        """Spool one record; False if the spool is full (the record is refused and counted)."""
+        if self.closed:
+            raise RuntimeError("spool is closed")
+        if kind != "end" and self.pending() >= self.max_records:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 10000 == 0:
+                log.warning(
+                    "tracking spool %s is full (%d undelivered records, limit %d): %d record(s) refused so far; "
+                    "start the site's MLflow server or raise the limit",
+                    self.path, self.pending(), self.max_records, self.refused,
+                )
+                _set_meta(self.db, refused=self.refused)
+            return False
+        cur = self.db.execute(
+            "INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)",
+            (kind, key, None if value is None else (value if isinstance(value, str) else json.dumps(value)),
+             step, ts if ts is not None else int(time.time() * 1000)),
+        )
+        self.last_seq = cur.lastrowid
+        return True
+
+    def close(self, status: str = "FINISHED"):
+        """The job ended: spool the run's final status; the forwarder sets it after the last record."""
+        if self.closed:
+            return
+        self.append("end", "status", status)
+        _set_meta(self.db, closed=1, refused=self.refused)
+        self.db.close()
+        self.closed = True
+
+
+# ------------------------------------------------------------------------------------ forwarder
+
+
+class Delivery:
+    """Delivers one job's spool to its MLflow server."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.db = _connect(path)
+        self.client = None
+        self.failures = 0
+        self.next_try = 0.0
+        self.last_error = None
+
+    def close(self):
+        self.db.close()
+
+    def _client(self, uri: str):
+        if self.client is None:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
+        return self.client
+
+    def _run_id(self, meta: dict) -> str:
+        if meta.get("run_id"):
+            return meta["run_id"]
+        client = self._client(meta["tracking_uri"])
+        exp = client.get_experiment_by_name(meta["experiment_name"])
+        # No artifact location from here: the site's server stores and serves the artifacts.
+        exp_id = exp.experiment_id if exp else client.create_experiment(meta["experiment_name"], tags={"site": meta["site"]})
+        found = client.search_runs(
+            [exp_id], filter_string=f"tags.job_id = '{meta['job_id']}' and tags.site = '{meta['site']}'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {"site": meta["site"], "job_id": meta["job_id"], "mlflow.runName": meta["run_name"]}
+            run_id = client.create_run(exp_id, start_time=int(meta["created_ms"]), tags=tags, run_name=meta["run_name"]).info.run_id
+        _set_meta(self.db, run_id=run_id)
+        return run_id
+
+    def step(self) -> bool:
+        """Send what is pending, as far as the server takes it. True when the spool is done."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        meta = _meta(self.db)
+        rows = self.db.execute("SELECT seq, kind, key, value, step, ts FROM records ORDER BY seq LIMIT ?", (BATCH,)).fetchall()
+        if not rows:
+            if meta.get("closed") == "1":
+                return True
+            if not _alive(meta.get("writer", "0:?")):
+                # The job died without closing its spool: all it logged is delivered; mark the run FAILED.
+                self.db.execute(
+                    "INSERT INTO records (kind, key, value, step, ts) VALUES ('end', 'status', 'FAILED', NULL, ?)",
+                    (int(time.time() * 1000),),
+                )
+                _set_meta(self.db, closed=1)
+                log.warning("%s: its job ended without closing it; the run will be marked FAILED", self.path)
+            return False
+        client = self._client(meta["tracking_uri"])
+        run_id = self._run_id(meta)
+        metrics, params, tags, last = [], [], [], None
+        for seq, kind, key, value, step, ts in rows:
+            if kind in ("text", "end") and (metrics or params or tags):
+                break  # send the batch before it, then this one
+            if kind == "metric":
+                metrics.append(Metric(key, float(json.loads(value)), ts, step or 0))
+            elif kind == "param":
+                params.append(Param(key, value))
+            elif kind == "tag":
+                tags.append(RunTag(key, value))
+            elif kind == "text":
+                client.log_text(run_id, value, key)
+                last = seq
+                break
+            elif kind == "end":
+                client.set_terminated(run_id, status=value, end_time=ts)
+                last = seq
+                break
+            last = seq
+            if len(params) == 100 or len(tags) == 100:
+                break
+        if metrics or params or tags:
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        self._ack(last)
+        return False
+
+    def _ack(self, last_seq: int):
+        """The server has everything up to last_seq: drop it from the spool."""
+        self.db.execute("DELETE FROM records WHERE seq <= ?", (last_seq,))
+
+    def counts(self) -> tuple:
+        meta = _meta(self.db)
+        pending = self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        return pending, int(meta.get("refused", 0))
+
+
+def _lock(spool_dir: str):
+    fd = os.open(os.path.join(spool_dir, FORWARDER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
+
+
+def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
+    """Deliver every spool in spool_dir; exit once all are delivered and closed (and idle_exit passed)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # retries are ours, with backoff
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    while True:
+        fd = _lock(spool_dir)
+        if fd is None:
+            return 0  # another forwarder serves this site
+        deliveries = {}
+        idle_since = time.monotonic()
+        try:
+            while True:
+                paths = sorted(glob.glob(os.path.join(spool_dir, "*" + SUFFIX)))
+                for path in paths:
+                    if path not in deliveries:
+                        deliveries[path] = Delivery(path)
+                    d = deliveries[path]
+                    if time.monotonic() < d.next_try:
+                        continue
+                    try:
+                        done = d.step()
+                        if d.failures:
+                            log.warning("%s: tracking server answers again; delivering", path)
+                        d.failures, d.last_error = 0, None
+                    except Exception as e:  # noqa: BLE001 - any failure: keep the records, retry later
+                        d.failures += 1
+                        d.next_try = time.monotonic() + BACKOFF[min(d.failures, len(BACKOFF)) - 1]
+                        if str(e) != d.last_error:
+                            log.warning("%s: delivery failed (%s); records kept, retrying", path, str(e).splitlines()[0][:300])
+                            d.last_error = str(e)
+                        continue
+                    if done:
+                        d.close()
+                        del deliveries[path]
+                        for suffix in ("", "-wal", "-shm"):
+                            if os.path.exists(path + suffix):
+                                os.remove(path + suffix)
+                        log.info("%s delivered", path)
+                busy = any(d.counts()[0] for d in deliveries.values())
+                if deliveries:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > idle_exit:
+                    break
+                time.sleep(0 if busy and not any(d.failures for d in deliveries.values()) else POLL)
+        finally:
+            for d in deliveries.values():
+                d.close()
+            os.close(fd)
+        # Released: a spool that appeared meanwhile keeps this forwarder (or the new one) going.
+        if not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
+            return 0
+
+
+def start_forwarder(spool_dir: str, log_path: str = None) -> None:
+    """Start a detached forwarder for spool_dir unless one runs; it outlives the calling job."""
+    fd = _lock(spool_dir)
+    if fd is None:
+        return
+    os.close(fd)  # free: a new forwarder takes it (a race leaves exactly one)
+    script = os.path.join(spool_dir, "forwarder.py")
+    with open(os.path.abspath(__file__)) as src, open(script + ".tmp", "w") as dst:
+        dst.write(src.read())  # a copy beside the spool: the container entrypoint restarts it after a restart
+    os.replace(script + ".tmp", script)
+    out = open(log_path or os.path.join(spool_dir, "forwarder.log"), "ab")
+    subprocess.Popen(
+        [sys.executable, script, "forward", spool_dir],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+    )
+
+
+def status(spool_dir: str) -> str:
+    pending = refused = jobs = 0
+    for path in glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
+        d = Delivery(path)
+        try:
+            p, r = d.counts()
+        finally:
+            d.close()
+        pending, refused, jobs = pending + p, refused + r, jobs + 1
+    return f"{pending} record(s) spooled and undelivered in {jobs} job spool(s), {refused} refused (spool full)"
+
+
+def main(argv) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if len(argv) != 2 or argv[0] not in ("forward", "status"):
+        print(__doc__.split("\n\n")[-1], file=sys.stderr)
+        return 2
+    if argv[0] == "status":
+        print(status(argv[1]) if os.path.isdir(argv[1]) else "0 record(s) spooled (no spool yet)")
+        return 0
+    return forward(argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,203 @@
+"""Benchmark of site-local metric delivery: prints figures, asserts nothing.
+
+    .venv/bin/python scripts/bench_tracking.py [--quick]
+
+1. Per-call cost of one metric log at the receiver (what the training thread pays): nvflare's
+   stock MLflowReceiver vs this project's spooling receiver, with the tracking server up and down.
+2. Delivery latency, log call -> visible through the server's REST API (p50 / p95).
+3. Sustained delivery throughput, points per second for one site.
+4. The job's round time (simulator, 2 sites) with both servers up, and with site-1's server down
+   for the whole job.
+Each part starts its own MLflow server(s) on free loopback ports and removes them afterwards.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "job"), os.path.join(ROOT, "tests"), os.path.join(ROOT, "scripts")]
+
+from mlflow_rest import MLflowREST  # noqa: E402
+from support import MLflowServer, free_port, run_job  # noqa: E402
+
+
+def metric_shareable(step: int):
+    from nvflare.apis.analytix import AnalyticsDataType, LogWriterName
+    from nvflare.apis.utils.analytix_utils import create_analytic_dxo
+
+    return create_analytic_dxo("train_loss", 0.5 + step * 1e-6, AnalyticsDataType.METRIC,
+                               writer=LogWriterName.MLFLOW, global_step=step).to_shareable()
+
+
+def per_call(receiver, n: int) -> list:
+    shareables = [metric_shareable(i) for i in range(n)]
+    out = []
+    for s in shareables:
+        t0 = time.perf_counter()
+        receiver.save(None, s, "site-1")
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def stock_receiver(uri: str, up: bool):
+    """nvflare's MLflowReceiver, set up as its initialize() would (a run exists when the server is up)."""
+    from mlflow.tracking import MlflowClient
+    from nvflare.app_opt.tracking.mlflow.mlflow_receiver import MLflowReceiver
+
+    r = MLflowReceiver(tracking_uri=uri, buffer_flush_time=1)
+    client = MlflowClient(tracking_uri=uri)
+    r.mlflow_clients["site-1"] = client
+    r.run_ids["site-1"] = client.create_run(client.create_experiment(f"bench-stock-{time.time()}")).info.run_id if up else "none"
+    r._init_buffer(["site-1"])
+    return r
+
+
+class SpoolingReceiver:
+    """The project's receiver, set up as initialize() would, without an FL context."""
+
+    def __init__(self, uri: str, spool_dir: str, name: str):
+        from spool import SpoolWriter, start_forwarder
+        from tracking import SiteMLflowReceiver
+
+        self.r = SiteMLflowReceiver("site-1", uri, name)
+        self.r.spool_dir = spool_dir
+        self.r.writer = SpoolWriter(spool_dir, name, {
+            "tracking_uri": uri, "experiment_name": name, "site": "site-1", "job_id": name, "run_name": name,
+            "created_ms": int(time.time() * 1000)})
+        start_forwarder(spool_dir)
+        self.r._last_check = time.monotonic()
+
+    def save(self, fl_ctx, shareable, origin):
+        self.r.save(fl_ctx, shareable, origin)
+
+
+def fmt_us(xs) -> str:
+    xs = sorted(xs)
+    return f"median {statistics.median(xs) * 1e6:9.1f} us, p99 {xs[int(len(xs) * 0.99) - 1] * 1e6:11.1f} us, max {xs[-1] * 1e3:9.1f} ms"
+
+
+def bench_per_call(server, tmp: str, n: int):
+    print("1. per-call cost of one metric log at the receiver")
+    down = f"http://127.0.0.1:{free_port()}"
+    print(f"   stock MLflowReceiver, server up:   {fmt_us(per_call(stock_receiver(server.uri, True), n))}")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # else each flush blocks ~4 minutes in retries
+    print(f"   stock MLflowReceiver, server down: {fmt_us(per_call(stock_receiver(down, False), min(n, 200)))}"
+          "  (with HTTP retries off; with MLflow's default retries each flush blocks ~247 s)")
+    del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    print(f"   spooling receiver,     server up:   {fmt_us(per_call(SpoolingReceiver(server.uri, tmp + '/up', 'bench-up'), n))}")
+    print(f"   spooling receiver,     server down: {fmt_us(per_call(SpoolingReceiver(down, tmp + '/down', 'bench-down'), n))}")
+
+
+def bench_latency(server, tmp: str, n: int):
+    from spool import SpoolWriter, start_forwarder
+
+    name = f"bench-latency-{os.getpid()}"
+    w = SpoolWriter(tmp + "/lat", name, {"tracking_uri": server.uri, "experiment_name": name, "site": "site-1",
+                                          "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
+    start_forwarder(tmp + "/lat")
+    rest = MLflowREST(server.uri)
+    w.append("metric", "warmup", 0.0, 0)
+    while not (rest.experiment_by_name(name) and rest.runs([rest.experiment_by_name(name)["experiment_id"]])):
+        time.sleep(0.05)
+    run_id = rest.runs([rest.experiment_by_name(name)["experiment_id"]])[0]["info"]["run_id"]
+    lat = []
+    for i in range(n):
+        t0 = time.monotonic()
+        w.append("metric", "latency", float(i), i)
+        while len(rest.history(run_id, "latency")) <= i:
+            time.sleep(0.01)
+        lat.append(time.monotonic() - t0)
+        time.sleep(0.05)
+    lat.sort()
+    print(f"2. delivery latency, log call -> visible in the REST API ({n} points, one at a time): "
+          f"p50 {statistics.median(lat) * 1e3:.0f} ms, p95 {lat[int(n * 0.95) - 1] * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms")
+    w.close()
+
+
+def bench_throughput(server, tmp: str, n: int):
+    from spool import SpoolWriter, start_forwarder
+
+    name = f"bench-throughput-{os.getpid()}"
+    w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": "site-1",
+                                         "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
+    t0 = time.monotonic()
+    for i in range(n):
+        w.append("metric", "tp", float(i), i)
+    spooled = time.monotonic() - t0
+    w.close()
+    start_forwarder(tmp + "/tp")
+    path = w.path
+    while os.path.exists(path):
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    rest = MLflowREST(server.uri)
+    run_id = rest.runs([rest.experiment_by_name(name)["experiment_id"]])[0]["info"]["run_id"]
+    got = len(rest.history(run_id, "tp"))
+    print(f"3. sustained delivery: {n} points spooled in {spooled:.1f} s ({n / spooled:,.0f}/s), "
+          f"delivered in {took:.1f} s: {n / took:,.0f} points/s per site ({got} in the server)")
+
+
+def round_times(uri: str, name: str, site: str) -> list:
+    rest = MLflowREST(uri)
+    exp = rest.experiment_by_name(f"{name}-{site}")
+    run = rest.runs([exp["experiment_id"]])[0]
+    start = {m["step"]: m["timestamp"] for m in rest.history(run["info"]["run_id"], "accuracy")}
+    return [(start[r + 1] - start[r]) / 1000 for r in range(len(start) - 1)]
+
+
+def bench_rounds(tmp: str, rounds: int):
+    s1 = MLflowServer("site-1", tmp + "/r1").start()
+    s2 = MLflowServer("site-2", tmp + "/r2").start()
+    try:
+        res = {}
+        for label, down in (("both servers up", False), ("site-1's server down", True)):
+            name = f"bench-rounds-{'down' if down else 'up'}-{os.getpid()}"
+            if down:
+                s1.stop()
+            t0 = time.monotonic()
+            r = run_job("--site", f"site-1={s1.uri}", "--site", f"site-2={s2.uri}", "--rounds", str(rounds),
+                        "--env", "sim", "--workspace", tmp + "/ws-" + name, "--name", name)
+            wall = time.monotonic() - t0
+            assert r.returncode == 0, r.stderr[-2000:]
+            if down:
+                s1.start()
+            time.sleep(3)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    times = round_times(s1.uri, name, "site-1")
+                    if len(times) == rounds - 1:
+                        break
+                except (OSError, TypeError, IndexError):
+                    pass
+                time.sleep(1)
+            res[label] = (wall, statistics.mean(times))
+            print(f"4. {rounds}-round job, {label}: wall {wall:.1f} s, mean round {res[label][1]:.2f} s")
+    finally:
+        s1.stop()
+        s2.stop()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer samples")
+    args = p.parse_args()
+    n = 500 if args.quick else 3000
+    with tempfile.TemporaryDirectory() as tmp:
+        server = MLflowServer("site-1", tmp + "/mlflow").start()
+        try:
+            bench_per_call(server, tmp, n)
+            bench_latency(server, tmp, 20 if args.quick else 100)
+            bench_throughput(server, tmp, 20000 if args.quick else 100000)
+        finally:
+            server.stop()
+        bench_rounds(tmp, 3 if args.quick else 5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Follow the FL system with the admin startup kit (runs in the `admin` container, FL network only).
+
+    python3 scripts/flare_admin.py status               server, registered clients, recent jobs
+    python3 scripts/flare_admin.py clients site-1 ...   exit 0 when all named clients are registered
+    python3 scripts/flare_admin.py active NAME          print the id of an unfinished job named NAME
+    python3 scripts/flare_admin.py wait [JOB_ID]        wait for a job (default: the newest) to end
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+KIT = os.environ.get("KIT", "/kit")
+TERMINAL = ("FINISHED", "ABORTED", "FAILED")
+
+
+def session():
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    with open(os.path.join(KIT, "startup", "fed_admin.json")) as f:
+        username = json.load(f)["admin"]["username"]
+    return new_secure_session(username, KIT, timeout=30)
+
+
+def jobs(sess) -> list:
+    """Jobs, newest first."""
+    return sorted(sess.list_jobs(detailed=True), key=lambda j: j.get("submit_time", 0), reverse=True)
+
+
+def cmd_status(sess, args) -> int:
+    info = sess.get_system_info()
+    print(f"server engine: {info.server_info.status}")
+    print("clients: " + (", ".join(sorted(c.name for c in info.client_info)) or "none registered"))
+    for job in jobs(sess)[: args.limit]:
+        print(f"job {job['job_id']} {job.get('job_name', job.get('name', ''))} {job['status']}")
+    return 0
+
+
+def cmd_clients(sess, args) -> int:
+    registered = {c.name for c in sess.get_system_info().client_info}
+    missing = sorted(set(args.sites) - registered)
+    print("registered: " + ", ".join(sorted(registered)) + (f"; missing: {', '.join(missing)}" if missing else ""))
+    return 1 if missing else 0
+
+
+def cmd_active(sess, args) -> int:
+    for job in jobs(sess):
+        if job.get("job_name", job.get("name")) == args.name and not job["status"].startswith(TERMINAL):
+            print(job["job_id"])
+            return 0
+    return 1
+
+
+def cmd_wait(sess, args) -> int:
+    all_jobs = jobs(sess)
+    if not all_jobs:
+        print("error: no job has been submitted; run `make up`", file=sys.stderr)
+        return 2
+    job_id = args.job_id or all_jobs[0]["job_id"]
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        status = sess.get_job_status(job_id)
+        if status != last:
+            print(f"job {job_id} {status}", flush=True)
+            last = status
+        if status and status.startswith(TERMINAL):
+            return 0 if status == "FINISHED:COMPLETED" else 1
+        if time.monotonic() > deadline:
+            print(f"error: job {job_id} still {status} after {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(3)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("status")
+    s.add_argument("--limit", type=int, default=5)
+    s = sub.add_parser("clients")
+    s.add_argument("sites", nargs="+")
+    s = sub.add_parser("active")
+    s.add_argument("name")
+    s = sub.add_parser("wait")
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("--timeout", type=float, default=7200)
+    args = p.parse_args()
+    sess = session()
+    try:
+        return globals()[f"cmd_{args.cmd}"](sess, args)
+    finally:
+        sess.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The Docker tier: one stack per test session, under a unique compose project name, free host
+ports and its own kits, brought up with `make up` and always removed with `make clean`."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from support import ROOT, free_port
+
+pytestmark = pytest.mark.docker
+
+
+class Stack:
+    def __init__(self, root: str):
+        self.name = f"fedtrack-test-{os.getpid()}"
+        self.job_name = f"it-{os.getpid()}"
+        self.kits = os.path.join(root, "kits")
+        self.data = os.path.join(root, "data")
+        self.ports = {"site-1": free_port(), "site-2": free_port()}
+        self.rounds = 3
+        self.job_ids = []
+        self.vars = [
+            f"COMPOSE_PROJECT_NAME={self.name}",
+            f"JOB_NAME={self.job_name}",
+            f"ROUNDS={self.rounds}",
+            f"KITS_ROOT={self.kits}",
+            f"DATA_DIR={self.data}",
+            f"MLFLOW_SITE1_PORT={self.ports['site-1']}",
+            f"MLFLOW_SITE2_PORT={self.ports['site-2']}",
+        ]
+        self.env = dict(os.environ, COMPOSE_PROJECT_NAME=self.name, KITS_ROOT=self.kits, DATA_DIR=self.data,
+                        MLFLOW_SITE1_PORT=str(self.ports["site-1"]), MLFLOW_SITE2_PORT=str(self.ports["site-2"]))
+
+    def uri(self, site: str) -> str:
+        return f"http://127.0.0.1:{self.ports[site]}"
+
+    def make(self, target: str, timeout: float = 3600, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["make", "--no-print-directory", target, *self.vars], cwd=ROOT, capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"make {target} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        return result
+
+    def up(self) -> str:
+        out = self.make("up").stdout
+        job_id = re.search(r"job id:\s+(\S+)", out).group(1)
+        self.job_ids.append(job_id)
+        return out
+
+    def compose(self, *args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def exec_python(self, service: str, code: str) -> subprocess.CompletedProcess:
+        return self.compose("exec", "-T", service, "python3", "-c", code, check=False)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    if shutil.which("docker") is None:
+        pytest.fail("the Docker tier needs docker; install Docker Engine (see README)")
+    s = Stack(str(tmp_path_factory.mktemp("stack")))
+    failed = True
+    try:
+        s.up()
+        failed = False
+        yield s
+    finally:
+        if failed or os.environ.get("FEDTRACK_DUMP_LOGS"):
+            print(s.compose("--profile", "admin", "logs", "--no-color", "--tail", "300", check=False).stdout[-20000:])
+        s.make("clean", check=False)
+        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={s.name}"],
+                                   capture_output=True, text=True).stdout.split()
+        if leftovers:
+            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)

@@ -1,0 +1,168 @@
+"""`make up` end to end on Docker Compose: the job finishes, each site's MLflow (through its
+published port) holds its own complete run and nothing of the other site, the networks keep a
+site's MLflow away from the server and the other site, the server holds no metric value, and
+`make down` + `make up` keeps every earlier run."""
+
+import io
+import re
+import subprocess
+import tarfile
+import tempfile
+import time
+
+import pytest
+
+from checks import SITES, accuracy_by_round, check_only_own_runs, check_site_run, files_holding, metric_strings, site_run
+from mlflow_rest import MLflowREST
+from support import wait_until
+
+pytestmark = pytest.mark.docker
+
+
+def test_make_up_again_while_the_job_runs_submits_nothing_new(stack):
+    out = stack.make("up").stdout
+    assert f"Job {stack.job_ids[0]} ({stack.job_name}) is still running: not submitting another." in out, out
+
+
+def test_make_wait_reports_the_job_finished(stack):
+    result = stack.make("wait", timeout=1800)
+    assert f"job {stack.job_ids[0]} FINISHED:COMPLETED" in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def histories(stack):
+    out = {}
+    for site in SITES:
+        server = MLflowREST(stack.uri(site))
+        run = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
+        out[site] = check_site_run(server, run, site, stack.rounds)
+    return out
+
+
+def test_each_site_server_holds_its_own_complete_run(stack, histories):
+    for site in SITES:
+        acc = accuracy_by_round(histories[site])
+        assert acc[-1] > acc[0], f"{site}: accuracy did not improve: {acc}"
+        check_only_own_runs(MLflowREST(stack.uri(site)), site)
+
+
+def test_make_status_counts_each_sites_points(stack, histories):
+    out = stack.make("status").stdout
+    for site in SITES:
+        n = len(histories[site]["train_loss"])
+        assert f"{site} {stack.uri(site)}: 1 run(s); latest (job {stack.job_ids[0]}) FINISHED: {n} train_loss" in out, out
+
+
+PROBE = """
+import socket, sys
+name, ip = sys.argv[1], sys.argv[2]
+try:
+    print("resolved", socket.gethostbyname(name))
+except OSError:
+    print("no-resolve")
+try:
+    socket.create_connection((ip, 5000), 3).close()
+    print("reached")
+except OSError:
+    print("unreachable")
+"""
+
+
+def mlflow_ip(stack, site: str) -> str:
+    cid = stack.compose("ps", "-q", f"mlflow-{site}").stdout.strip()
+    nets = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert len(nets) == 1, f"mlflow-{site} should be on exactly one network: {nets}"
+    return nets[0]
+
+
+@pytest.mark.parametrize("site, outsiders", [("site-1", ["server", "site-2"]), ("site-2", ["server", "site-1"])])
+def test_a_sites_mlflow_is_invisible_to_the_server_and_the_other_site(stack, site, outsiders):
+    ip = mlflow_ip(stack, site)
+    for service in outsiders:
+        result = stack.compose("exec", "-T", service, "python3", "-c", PROBE, f"mlflow-{site}", ip, check=False)
+        assert result.stdout.split() == ["no-resolve", "unreachable"], f"{service} -> mlflow-{site}: {result.stdout}{result.stderr}"
+    # Nor through the host: the UI port is published on the host's loopback only.
+    gateway = subprocess.run(["docker", "network", "inspect", f"{stack.name}_fl", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    code = f"import socket\ntry:\n socket.create_connection(('{gateway}', {stack.ports[site]}), 3); print('reached')\nexcept OSError:\n print('unreachable')"
+    assert stack.exec_python("server", code).stdout.strip() == "unreachable"
+    # ...while its own client resolves and reaches it.
+    result = stack.compose("exec", "-T", site, "python3", "-c", PROBE, f"mlflow-{site}", ip, check=False)
+    assert result.stdout.split()[0] == "resolved" and result.stdout.split()[-1] == "reached", result.stdout
+
+
+def test_the_server_holds_no_metric_value(stack, histories):
+    needles = metric_strings(histories.values())
+    assert len(needles) > 20
+    cid = stack.compose("ps", "-q", "server").stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = subprocess.run(["docker", "cp", f"{cid}:/workspace", "-"], capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(tar)).extractall(tmp, filter="data")
+        found_guard = files_holding(tmp, {'"analytics_events": 0'})
+        assert any(name.endswith("!metric_guard.json") for name in found_guard), "no guard report in the job store"
+        assert files_holding(tmp, needles) == {}
+    logs = stack.compose("logs", "--no-color", "server").stdout
+    assert logs and not [n for n in needles if n in logs]
+
+
+def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
+    """mlflow-site-2 is down before the job starts and back only after it ends; mlflow-site-1 is
+    stopped during round 2 and started again 60 s later. Nothing is lost, nothing doubled."""
+    name = f"{stack.job_name}-outage"
+    stack.compose("stop", "mlflow-site-2")
+    out = stack.compose("--profile", "admin", "run", "--rm", "-T", "admin", "python3", "job/job.py", "--env", "prod",
+                        "--startup-kit", "/kit", "--no-wait", "--name", name, "--rounds", str(stack.rounds),
+                        "--data-dir", "/data", "--site", "site-1=http://mlflow-site-1:5000",
+                        "--site", "site-2=http://mlflow-site-2:5000").stdout
+    job_id = re.search(r"submitted job (\S+)", out).group(1)
+    site1 = MLflowREST(stack.uri("site-1"))
+
+    def in_round_2():
+        try:
+            exp = site1.experiment_by_name(f"{name}-site-1")
+            runs = site1.runs([exp["experiment_id"]]) if exp else []
+            return bool(runs) and len(site1.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
+        except OSError:
+            return False
+
+    wait_until(in_round_2, 600, "round 2 at site-1")
+    stack.compose("stop", "mlflow-site-1")
+    stopped = time.monotonic()
+    status = stack.make("status").stdout
+    assert re.search(r"site-2 tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status
+    time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
+    stack.compose("start", "mlflow-site-1")
+    assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=1800).stdout
+    stack.compose("start", "mlflow-site-2")
+    for site in SITES:
+        server = MLflowREST(stack.uri(site))
+
+        def finished():
+            try:
+                exp = server.experiment_by_name(f"{name}-{site}")
+                runs = server.runs([exp["experiment_id"]]) if exp else []
+            except OSError:
+                return False
+            return len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
+
+        wait_until(finished, 300, f"{site}'s spooled records to be delivered")
+        hist = check_site_run(server, site_run(server, f"{name}-{site}", site, job_id), site, stack.rounds)
+        assert len(hist["train_loss"]) == len(histories[site]["train_loss"]), f"{site}: points lost"
+    status = stack.make("status").stdout
+    for site in SITES:
+        assert f"{site} tracking spool: 0 record(s) spooled" in status, status
+
+
+def test_down_then_up_keeps_every_earlier_run(stack, histories):
+    before = {site: {r["info"]["run_id"] for r in MLflowREST(stack.uri(site)).runs()} for site in SITES}
+    stack.make("down")
+    assert stack.compose("ps", "-q").stdout.strip() == ""
+    stack.up()  # the first job ended, so this submits a second one
+    assert stack.job_ids[1] != stack.job_ids[0]
+    for site in SITES:
+        server = MLflowREST(stack.uri(site))
+        after = {r["info"]["run_id"] for r in server.runs()}
+        assert before[site] <= after, f"{site} lost runs across down/up"
+        old = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
+        assert len(server.history(old["info"]["run_id"], "train_loss")) == len(histories[site]["train_loss"])

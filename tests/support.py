@@ -1,0 +1,174 @@
+"""Test support: real MLflow servers and a real provisioned FL system as local processes, and helpers."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "scripts")]
+from mlflow_rest import MLflowREST  # noqa: E402
+
+JOB_PY = os.path.join(ROOT, "job", "job.py")
+BIN = os.path.dirname(sys.executable)
+SITES = ("site-1", "site-2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen):
+    """Stop a process and everything it started (it leads its own session)."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def start(cmd: list, log_path: str, cwd: str = None, env: dict = None) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+
+
+def run_job(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, JOB_PY, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+class MLflowServer:
+    def __init__(self, site: str, root: str):
+        self.site = site
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = os.path.join(root, "mlflow.log")
+        self.proc = None
+
+    def start(self):
+        os.makedirs(self.root, exist_ok=True)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.proc = start(
+            [
+                os.path.join(BIN, "mlflow"), "server",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination", f"{self.root}/artifacts",
+            ],
+            self.log,
+            env=env,
+        )
+        wait_until(self.ready, 120, f"MLflow server of {self.site} on port {self.port}")
+        return self
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"MLflow server of {self.site} exited; see {self.log}")
+        try:
+            MLflowREST(self.uri, timeout=2).experiments()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc:
+            stop(self.proc)
+
+
+class FlareSystem:
+    """A provisioned FL server and two clients as local processes, like `start.sh` runs them."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.port = free_port()
+        self.procs = {}
+        self.kits = os.path.join(root, "ws", "fedtrack", "prod_00")
+        self.storage = os.path.join(root, "server-storage")
+
+    def kit(self, name: str) -> str:
+        return os.path.join(self.kits, name)
+
+    @property
+    def admin_kit(self) -> str:
+        return self.kit("admin@fedtrack.local")
+
+    @property
+    def server_dir(self) -> str:
+        return self.kit("localhost")
+
+    def provision(self):
+        with open(os.path.join(ROOT, "provision", "project.yml")) as f:
+            project = f.read()
+        # Local processes dial the server as localhost, on a free port.
+        project = project.replace("- name: server\n", "- name: localhost\n").replace(
+            "fed_learn_port: 8002", f"fed_learn_port: {self.port}"
+        )
+        project_file = os.path.join(self.root, "project.yml")
+        with open(project_file, "w") as f:
+            f.write(project)
+        subprocess.run(
+            [os.path.join(BIN, "nvflare"), "provision", "-p", project_file, "-w", os.path.join(self.root, "ws"), "--force"],
+            check=True, capture_output=True, cwd=self.root,
+        )
+        # Keep the server's job store inside this test's folder instead of /tmp/nvflare.
+        local = os.path.join(self.server_dir, "local")
+        with open(os.path.join(local, "resources.json.default")) as f:
+            resources = f.read()
+        resources = resources.replace("/tmp/nvflare", self.storage)
+        with open(os.path.join(local, "resources.json"), "w") as f:
+            f.write(resources)
+
+    def start(self):
+        self.provision()
+        self.procs["server"] = start(
+            [sys.executable, "-u", "-m", "nvflare.private.fed.app.server.server_train", "-m", self.server_dir,
+             "-s", "fed_server.json", "--set", "secure_train=true", "org=fedtrack", "config_folder=config"],
+            os.path.join(self.root, "server.log"), cwd=self.server_dir,
+        )
+        for site in SITES:
+            self.procs[site] = start(
+                [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", self.kit(site),
+                 "-s", "fed_client.json", "--set", "secure_train=true", f"uid={site}", "org=fedtrack",
+                 "config_folder=config"],
+                os.path.join(self.root, f"{site}.log"), cwd=self.kit(site),
+            )
+        wait_until(lambda: all(self.registered(s) for s in SITES), 180, "both clients to register with the server")
+        return self
+
+    def registered(self, site: str) -> bool:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited; see {self.root}/{name}.log")
+        with open(os.path.join(self.root, "server.log"), errors="ignore") as f:
+            return f"client {site} registered" in f.read()
+
+    def stop(self):
+        for proc in self.procs.values():
+            stop(proc)
+
+
+def load_json(path: str):
+    with open(path) as f:
+        return json.load(f)

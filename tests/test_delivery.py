@@ -1,0 +1,289 @@
+"""Site-local metric delivery that survives the site's MLflow outage (no Docker).
+
+Real MLflow server processes are stopped mid-job and restarted, down when the job starts and up
+only after it ends, or slowed by a proxy; each time, what the training script logged (counted
+here from the data and the job settings) must be in the server exactly once, the run must end
+FINISHED, and training must keep its pace."""
+
+import logging
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+
+import pytest
+
+from checks import SITES, check_site_run, site_run
+from mlflow_rest import MLflowREST, params, tags
+from support import ROOT, MLflowServer, free_port, run_job, wait_until
+
+sys.path.insert(0, os.path.join(ROOT, "job"))
+from data import digits_indices  # noqa: E402
+from spool import Delivery, SpoolWriter, forward, status  # noqa: E402
+
+ROUNDS = 8
+EPOCHS = 2
+BATCH = 32
+
+
+def expected_train_steps(site_index: int) -> int:
+    n = len(digits_indices(site_index, len(SITES))[0])
+    return ROUNDS * EPOCHS * -(-n // BATCH)
+
+
+def run_sim(uris: dict, workspace, name: str, wait: bool = True):
+    args = [a for s in SITES for a in ("--site", f"{s}={uris[s]}")]
+    return run_job(*args, "--rounds", str(ROUNDS), "--local-epochs", str(EPOCHS), "--batch-size", str(BATCH),
+                   "--env", "sim", "--workspace", str(workspace), "--name", name)
+
+
+def start_sim(uris: dict, workspace, name: str):
+    import subprocess
+
+    from support import JOB_PY
+
+    args = [a for s in SITES for a in ("--site", f"{s}={uris[s]}")]
+    return subprocess.Popen(
+        [sys.executable, JOB_PY, *args, "--rounds", str(ROUNDS), "--local-epochs", str(EPOCHS), "--batch-size",
+         str(BATCH), "--env", "sim", "--workspace", str(workspace), "--name", name],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+
+
+def delivered_run(uri: str, name: str, site: str, timeout: float = 120) -> dict:
+    """Wait until the site's run is FINISHED on its server, then check it is complete."""
+    server = MLflowREST(uri)
+
+    def finished():
+        try:
+            exp = server.experiment_by_name(f"{name}-{site}")
+            runs = server.runs([exp["experiment_id"]]) if exp else []
+        except OSError:
+            return False
+        return len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
+
+    wait_until(finished, timeout, f"{site}'s run of {name} to be delivered and FINISHED")
+    run = site_run(server, f"{name}-{site}", site)
+    hist = check_site_run(server, run, site, ROUNDS)
+    assert len(hist["train_loss"]) == expected_train_steps(SITES.index(site)), f"{site}: train_loss points lost"
+    return {"run": run, "hist": hist}
+
+
+def training_seconds(hist: dict, within=None) -> list:
+    """Per round: from the global-model accuracy (round start) to local_accuracy (round end)."""
+    start = {m["step"]: m["timestamp"] / 1000 for m in hist["accuracy"]}
+    end = {m["step"]: m["timestamp"] / 1000 for m in hist["local_accuracy"]}
+    out = []
+    for r in sorted(start):
+        if within is None or (within[0] <= start[r] and end[r] <= within[1]):
+            out.append(end[r] - start[r])
+    return out
+
+
+def assert_same_pace(hist_affected: dict, hist_other: dict, within=None):
+    """The affected site trained as fast as the other site in the same rounds (whose server was
+    up): FedAvg rounds run at both sites at once, so both share the machine's load."""
+    affected = training_seconds(hist_affected, within)
+    assert affected, "no round ran entirely inside the window"
+    rounds = {m["step"] for m in hist_affected["accuracy"]}
+    if within:
+        start = {m["step"]: m["timestamp"] / 1000 for m in hist_affected["accuracy"]}
+        end = {m["step"]: m["timestamp"] / 1000 for m in hist_affected["local_accuracy"]}
+        rounds = {r for r in start if within[0] <= start[r] and end[r] <= within[1]}
+    keep = lambda h: {k: [m for m in v if m["step"] in rounds] for k, v in h.items()}  # noqa: E731
+    a, b = statistics.mean(training_seconds(keep(hist_affected))), statistics.mean(training_seconds(keep(hist_other)))
+    print(f"\nrounds {sorted(rounds)}: {a:.2f} s per round at the affected site, {b:.2f} s at the other")
+    assert a <= b * 1.10, f"training at the affected site took {a:.2f} s per round vs {b:.2f} s"
+
+
+def test_server_stopped_mid_job_and_restarted(tmp_path):
+    server = MLflowServer("site-1", str(tmp_path / "mlflow-1")).start()
+    other = MLflowServer("site-2", str(tmp_path / "mlflow-2")).start()
+    name = f"midjob-{os.getpid()}"
+    try:
+        job = start_sim({"site-1": server.uri, "site-2": other.uri}, tmp_path / "ws", name)
+        rest = MLflowREST(server.uri)
+
+        def round_1_started():
+            exp = rest.experiment_by_name(f"{name}-site-1")
+            runs = rest.runs([exp["experiment_id"]]) if exp else []
+            return bool(runs) and len(rest.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
+
+        wait_until(round_1_started, 180, "round 1 of site-1 to start")
+        server.stop()
+        down_at = time.time()
+        time.sleep(15)
+        up_at = time.time()
+        server.start()
+        out, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, out[-3000:]
+        site1 = delivered_run(server.uri, name, "site-1")
+        site2 = delivered_run(other.uri, name, "site-2")
+        assert_same_pace(site1["hist"], site2["hist"], within=(down_at, up_at))
+    finally:
+        server.stop()
+        other.stop()
+
+
+def test_server_down_at_start_and_up_only_after_the_job_ends(tmp_path):
+    late = MLflowServer("site-1", str(tmp_path / "mlflow-1"))  # not started yet
+    other = MLflowServer("site-2", str(tmp_path / "mlflow-2")).start()
+    name = f"late-{os.getpid()}"
+    try:
+        t0 = time.monotonic()
+        result = run_sim({"site-1": late.uri, "site-2": other.uri}, tmp_path / "ws", name)
+        elapsed = time.monotonic() - t0
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"warning: site site-1: tracking server {late.uri} does not answer" in result.stderr
+        site2 = delivered_run(other.uri, name, "site-2")
+        spool_dir = tmp_path / "ws" / name / "site-1" / "tracking-spool"
+        assert "0 record(s) spooled" not in status(str(spool_dir)), "site-1's records should wait in its spool"
+        late.start()  # after the job ended: the site's forwarder delivers everything now
+        site1 = delivered_run(late.uri, name, "site-1", timeout=180)
+        assert site1["run"]["info"]["end_time"] > site1["run"]["info"]["start_time"]
+        assert tags(site1["run"])["site"] == "site-1" and params(site1["run"])["rounds"] == str(ROUNDS)
+        assert_same_pace(site1["hist"], site2["hist"])
+        print(f"\njob with site-1's server down: {elapsed:.1f} s")
+    finally:
+        late.stop()
+        other.stop()
+
+
+class SlowProxy:
+    """A TCP proxy that holds every request `delay` seconds before passing it to the server."""
+
+    def __init__(self, target_port: int, delay: float):
+        self.port, self.target, self.delay = free_port(), target_port, delay
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            client.close()
+            return
+        def pipe(src, dst, delay):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    if delay:
+                        time.sleep(delay)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        threading.Thread(target=pipe, args=(client, upstream, self.delay), daemon=True).start()
+        pipe(upstream, client, 0)
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def test_slow_server(mlflow_servers, tmp_path):
+    proxy = SlowProxy(mlflow_servers["site-1"].port, delay=1.0)
+    name = f"slow-{os.getpid()}"
+    try:
+        uris = {"site-1": f"http://127.0.0.1:{proxy.port}", "site-2": mlflow_servers["site-2"].uri}
+        result = run_sim(uris, tmp_path / "ws", name)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        site1 = delivered_run(mlflow_servers["site-1"].uri, name, "site-1", timeout=300)
+        site2 = delivered_run(mlflow_servers["site-2"].uri, name, "site-2")
+        assert_same_pace(site1["hist"], site2["hist"])
+    finally:
+        proxy.close()
+
+
+# ----------------------------------------------------------------- the spool itself, against a real server
+
+
+def new_spool(tmp_path, uri: str, name: str, **kw) -> SpoolWriter:
+    meta = {"tracking_uri": uri, "experiment_name": name, "site": "site-1", "job_id": name, "run_name": name,
+            "created_ms": int(time.time() * 1000)}
+    return SpoolWriter(str(tmp_path / "spool"), name, meta, **kw)
+
+
+def test_a_lost_answer_is_resent_without_duplicates(mlflow_servers, tmp_path, monkeypatch):
+    uri = mlflow_servers["site-1"].uri
+    name = f"lost-answer-{os.getpid()}"
+    w = new_spool(tmp_path, uri, name)
+    for i in range(50):
+        w.append("metric", "train_loss", 1.0 / (i + 1), i)
+    w.close()
+    path = w.path
+
+    class LostAnswer(Exception):
+        pass
+
+    def lost(self, last_seq):  # the server stored the batch, but its answer never came back
+        raise LostAnswer("connection reset after the request was sent")
+
+    d = Delivery(path)
+    monkeypatch.setattr(Delivery, "_ack", lost)
+    with pytest.raises(LostAnswer):
+        d.step()  # creates the run
+    with pytest.raises(LostAnswer):
+        d.step()  # the first batch reaches the server; its answer is lost
+    d.close()
+    monkeypatch.undo()
+    forward(str(tmp_path / "spool"), idle_exit=0)  # a fresh forwarder, as after a crash
+    server = MLflowREST(uri)
+    run = site_run(server, name, "site-1")
+    points = server.history(run["info"]["run_id"], "train_loss")
+    assert sorted(m["step"] for m in points) == list(range(50))
+    assert run["info"]["status"] == "FINISHED"
+    assert not os.path.exists(path)
+
+
+def test_a_record_is_visible_within_two_seconds(mlflow_servers, tmp_path):
+    import subprocess
+
+    uri = mlflow_servers["site-2"].uri
+    name = f"fresh-{os.getpid()}"
+    w = new_spool(tmp_path, uri, name)
+    spool_dir = str(tmp_path / "spool")
+    fwd = subprocess.Popen([sys.executable, os.path.join(ROOT, "job", "spool.py"), "forward", spool_dir])
+    try:
+        server = MLflowREST(uri)
+        w.append("metric", "warmup", 1.0, 0)  # the run is created with the first delivery
+        wait_until(lambda: server.experiment_by_name(name) and server.runs([server.experiment_by_name(name)["experiment_id"]]), 30, "run")
+        run_id = server.runs([server.experiment_by_name(name)["experiment_id"]])[0]["info"]["run_id"]
+        for i in range(5):
+            t0 = time.monotonic()
+            w.append("metric", "fresh", float(i), i)
+            wait_until(lambda: len(server.history(run_id, "fresh")) == i + 1, 2.0, f"point {i} within 2 s", interval=0.05)
+            assert time.monotonic() - t0 < 2.0
+        w.close()
+        fwd.wait(60)
+    finally:
+        if fwd.poll() is None:
+            fwd.kill()
+
+
+def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, caplog):
+    w = new_spool(tmp_path, "http://127.0.0.1:1", "full", max_records=10)
+    with caplog.at_level(logging.WARNING, logger="fedtrack.spool"):
+        accepted = [w.append("metric", "m", float(i), i) for i in range(15)]
+    assert accepted == [True] * 10 + [False] * 5
+    assert any("is full (10 undelivered records, limit 10)" in r.getMessage() for r in caplog.records)
+    w.close()  # the final status still goes in
+    assert status(str(tmp_path / "spool")) == "11 record(s) spooled and undelivered in 1 job spool(s), 5 refused (spool full)"
