@@ -42,23 +42,19 @@ def test_bad_site_and_uri_input(args, expected):
     one_line_error(run_job(*args, "--env", "export"), *expected)
 
 
-def test_unreachable_tracking_server_is_refused_before_anything_starts(tmp_path):
-    port = free_port()  # nothing listens here
-    workspace = tmp_path / "ws"
-    result = run_job("--site", f"site-1=http://127.0.0.1:{port}", "--site", f"site-2=http://127.0.0.1:{port}",
-                     "--env", "sim", "--workspace", str(workspace), "--rounds", "1")
-    one_line_error(result, "site site-1", f"http://127.0.0.1:{port} does not answer", "start it first")
-    assert not workspace.exists()
+def test_the_tracking_probe_names_what_is_wrong():
+    """job.py --env sim warns with this reason when a site's server does not answer (the job still
+    runs: the site spools its records; see test_delivery.py)."""
+    import sys
 
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "job"))
+    from tracking import probe_tracking_server
 
-def test_tracking_server_that_is_not_mlflow_is_refused(tmp_path):
+    assert "Connection refused" in probe_tracking_server(f"http://127.0.0.1:{free_port()}")
     with socket.socket() as s:  # accepts connections, never speaks HTTP
         s.bind(("127.0.0.1", 0))
         s.listen()
-        port = s.getsockname()[1]
-        result = run_job("--site", f"site-1=http://127.0.0.1:{port}", "--env", "sim", "--rounds", "1",
-                         "--workspace", str(tmp_path / "ws"))
-    one_line_error(result, "does not answer")
+        assert probe_tracking_server(f"http://127.0.0.1:{s.getsockname()[1]}", timeout=1)
 
 
 def test_missing_cifar10_names_the_directory_and_how_to_get_it(tmp_path):
