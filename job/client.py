@@ -31,6 +31,7 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return p.parse_args()
 
 
@@ -48,6 +49,8 @@ def evaluate(model, loader, device) -> float:
 def main():
     args = parse_args()
     torch.manual_seed(args.seed + args.site_index)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train_set, test_set = load_site_data(args.dataset, args.site_index, args.num_sites, args.data_dir)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)

@@ -111,6 +111,7 @@ def build_recipe(
     batch_size: int = 32,
     name: str = JOB_NAME,
     spool_limit: int = None,
+    torch_threads: int = 0,
 ):
     """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server."""
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -135,6 +136,7 @@ def build_recipe(
             site: {
                 "train_args": f"--dataset {dataset} --data-dir {data_dir} --local-epochs {local_epochs} "
                 f"--lr {lr} --batch-size {batch_size} --site-index {i} --num-sites {len(sites)}"
+                + (f" --torch-threads {torch_threads}" if torch_threads else "")
             }
             for i, site in enumerate(site_names)
         },
@@ -266,6 +268,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default="data", help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
     p.add_argument("--spool-limit", type=int, default=None,
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
     p.add_argument("--startup-kit", help="admin startup kit (prod)")
     p.add_argument("--username", help="admin user (prod; default: the kit's)")
@@ -320,6 +324,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    torch_threads = args.torch_threads
+    if torch_threads is None:  # simulated sites share this host's cores
+        torch_threads = max(1, (os.cpu_count() or 1) // len(sites)) if args.env == "sim" else 0
     # nvflare reads --export/--export-dir from sys.argv on import; this CLI has already parsed them.
     sys.argv = sys.argv[:1]
     # Relative paths (train_script, custom code) resolve against job/, so nothing host-specific ships.
@@ -327,7 +334,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, HERE)
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
-        args.spool_limit,
+        args.spool_limit, torch_threads,
     )
     try:
         if args.env == "sim":

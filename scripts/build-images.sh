@@ -118,7 +118,7 @@ build() {
     || { tail -n 30 "$buildlog" >&2
          die "docker build of $tag failed (full log: $buildlog)"; }
   log "built $tag in $((SECONDS - start)) s"
-  rm -rf "$ctx"
+  rm -rf "$ctx"; rmdir "$BUILD_DIR/context" 2>/dev/null || true
   # The image this tag pointed at before is now untagged: drop it unless a container uses it.
   if [[ -n "$old_id" && "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
     docker rmi "$old_id" >/dev/null 2>&1 && log "removed the previous $tag (${old_id:7:12})" || true
@@ -126,17 +126,18 @@ build() {
   # Keep the `build` stage (wheels + venv) as cache: tagged, so only older ones are pruned.
   # Then a change to the entrypoint or the final stage re-runs seconds, not the pip install.
   local stage_id
-  stage_id="$(awk '/ Step [0-9]+\/[0-9]+ : FROM /{n++; if (n == 2) {print id; exit}} / ---> [0-9a-f]{12}$/{id=$NF}' "$buildlog")"
+  # (The legacy builder prints " ---> <id>" after each step; the stage ends at the 2nd FROM.)
+  stage_id="$(awk '/ Step [0-9]+\/[0-9]+ : FROM /{n++; if (n == 2) {print id; exit}}
+                   $(NF-1) == "--->" && $NF ~ /^[0-9a-f]+$/ {id=$NF}' "$buildlog")"
   if [[ "${PRUNE_BUILD_STAGE:-0}" == 1 ]]; then
     docker rmi "fedtrack/build-cache:$name" >/dev/null 2>&1 || true
-  elif [[ -n "$stage_id" ]]; then
-    docker tag "$stage_id" "fedtrack/build-cache:$name"
-  fi
-  docker image prune -f --filter label=fedtrack.stage=build >/dev/null || true
-  if [[ "${PRUNE_BUILD_STAGE:-0}" == 1 ]]; then
+    docker image prune -f --filter label=fedtrack.stage=build >/dev/null || true
     log "pruned the build-stage cache"
+  elif [[ -n "$stage_id" ]] && docker tag "$stage_id" "fedtrack/build-cache:$name" 2>/dev/null; then
+    docker image prune -f --filter label=fedtrack.stage=build >/dev/null || true
+    log "kept build stage $stage_id as fedtrack/build-cache:$name (PRUNE_BUILD_STAGE=1 drops it)"
   else
-    log "kept build stage as fedtrack/build-cache:$name (PRUNE_BUILD_STAGE=1 drops it)"
+    log "WARNING: could not find the build stage's image in $buildlog; left it untagged (not pruned)"
   fi
 }
 

@@ -7,6 +7,7 @@
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +22,8 @@ def session():
 
     with open(os.path.join(KIT, "startup", "fed_admin.json")) as f:
         username = json.load(f)["admin"]["username"]
-    return new_secure_session(username, KIT, timeout=30)
+    with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter is not this command's output
+        return new_secure_session(username, KIT, timeout=30)
 
 
 def jobs(sess) -> list:

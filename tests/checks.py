@@ -1,6 +1,7 @@
 """What a site's MLflow server must hold after a job: shared by the process and Docker tests."""
 
 import os
+import time
 import zipfile
 
 from mlflow_rest import MLflowREST, params, tags
@@ -9,13 +10,22 @@ SITES = ("site-1", "site-2")
 METRICS = ("train_loss", "accuracy", "local_accuracy")
 
 
-def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None) -> dict:
-    """The one run of `site` for this job in `experiment` on the site's own server."""
-    exp = server.experiment_by_name(experiment)
+def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None, wait: float = 120) -> dict:
+    """The one run of `site` for this job in `experiment` on the site's own server, once it is
+    FINISHED (the site's forwarder delivers asynchronously: wait up to `wait` seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            exp = server.experiment_by_name(experiment)
+            runs = server.runs([exp["experiment_id"]]) if exp else []
+        except OSError:
+            exp, runs = None, []
+        if job_id:
+            runs = [r for r in runs if tags(r).get("job_id") == job_id]
+        if (len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert exp is not None, f"{site}: experiment {experiment} missing on {server.uri}"
-    runs = server.runs([exp["experiment_id"]])
-    if job_id:
-        runs = [r for r in runs if tags(r).get("job_id") == job_id]
     assert len(runs) == 1, f"{site}: expected one run in {experiment}, found {len(runs)}"
     return runs[0]
 
