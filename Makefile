@@ -5,7 +5,7 @@ SHELL := /usr/bin/env bash -o pipefail
 
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
-export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT
+export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT
 export HOST_GID := $(shell id -g)
 # Image tags follow the pins in requirements.txt.
 export NVFLARE_VERSION := $(shell sed -n 's/^nvflare==//p' requirements.txt)

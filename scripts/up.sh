@@ -32,7 +32,7 @@ if job_id=$(admin python3 scripts/flare_admin.py active "$JOB_NAME"); then
   echo "Job $job_id ($JOB_NAME) is still running: not submitting another."
 else
   out=$(admin python3 job/job.py --env prod --startup-kit /kit --no-wait --name "$JOB_NAME" \
-    --rounds "$ROUNDS" --dataset "$DATASET" --data-dir /data \
+    --rounds "$ROUNDS" --dataset "$DATASET" --data-dir /data --torch-threads "${TORCH_THREADS:-0}" \
     --site "site-1=${SITE1_TRACKING_URI:-http://mlflow-site-1:5000}" \
     --site "site-2=${SITE2_TRACKING_URI:-http://mlflow-site-2:5000}" 2>&1) || { echo "$out" >&2; exit 1; }
   job_id=$(sed -n 's/^submitted job //p' <<<"$out" | tail -n1)

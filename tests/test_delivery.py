@@ -206,8 +206,8 @@ def test_slow_server(mlflow_servers, tmp_path):
 # ----------------------------------------------------------------- the spool itself, against a real server
 
 
-def new_spool(tmp_path, uri: str, name: str, **kw) -> SpoolWriter:
-    meta = {"tracking_uri": uri, "experiment_name": name, "site": "site-1", "job_id": name, "run_name": name,
+def new_spool(tmp_path, uri: str, name: str, site: str = "site-1", **kw) -> SpoolWriter:
+    meta = {"tracking_uri": uri, "experiment_name": name, "site": site, "job_id": name, "run_name": name,
             "created_ms": int(time.time() * 1000)}
     return SpoolWriter(str(tmp_path / "spool"), name, meta, **kw)
 
@@ -249,7 +249,7 @@ def test_a_record_is_visible_within_two_seconds(mlflow_servers, tmp_path):
 
     uri = mlflow_servers["site-2"].uri
     name = f"fresh-{os.getpid()}"
-    w = new_spool(tmp_path, uri, name)
+    w = new_spool(tmp_path, uri, name, site="site-2")
     spool_dir = str(tmp_path / "spool")
     fwd = subprocess.Popen([sys.executable, os.path.join(ROOT, "job", "spool.py"), "forward", spool_dir])
     try:

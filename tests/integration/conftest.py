@@ -10,7 +10,6 @@ import pytest
 
 from support import ROOT, free_port
 
-pytestmark = pytest.mark.docker
 
 
 class Stack:
