@@ -104,17 +104,23 @@ class SpoolWriter:
         self.refused = int(_meta(self.db).get("refused", 0))
         _set_meta(self.db, writer=_process_token(os.getpid()), closed=0, max_records=max_records, **meta)
         self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+        self.pending()  # sets _floor: no undelivered record is older (the forwarder only deletes)
         self.closed = False
 
     def pending(self) -> int:
         first = self.db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+        self._floor = self.last_seq + 1 if first is None else first
         return 0 if first is None else self.last_seq - first + 1
+
+    def _may_be_full(self) -> bool:
+        """Query the spool only when even the oldest possible undelivered record would make it full."""
+        return self.last_seq - self._floor + 1 >= self.max_records and self.pending() >= self.max_records
 
     def append(self, kind: str, key: str, value=None, step: int = None, ts: int = None) -> bool:
         """Spool one record; False if the spool is full (the record is refused and counted)."""
         if self.closed:
             raise RuntimeError("spool is closed")
-        if kind != "end" and self.pending() >= self.max_records:
+        if kind != "end" and self._may_be_full():
             self.refused += 1
             if self.refused == 1 or self.refused % 10000 == 0:
                 log.warning(

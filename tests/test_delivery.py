@@ -33,10 +33,13 @@ def expected_train_steps(site_index: int) -> int:
     return ROUNDS * EPOCHS * -(-n // BATCH)
 
 
-def run_sim(uris: dict, workspace, name: str, wait: bool = True):
-    args = [a for s in SITES for a in ("--site", f"{s}={uris[s]}")]
-    return run_job(*args, "--rounds", str(ROUNDS), "--local-epochs", str(EPOCHS), "--batch-size", str(BATCH),
-                   "--env", "sim", "--workspace", str(workspace), "--name", name)
+def sim_args(uris: dict, workspace, name: str) -> list:
+    return [*(a for s in SITES for a in ("--site", f"{s}={uris[s]}")), "--rounds", str(ROUNDS), "--local-epochs",
+            str(EPOCHS), "--batch-size", str(BATCH), "--env", "sim", "--workspace", str(workspace), "--name", name]
+
+
+def run_sim(uris: dict, workspace, name: str):
+    return run_job(*sim_args(uris, workspace, name))
 
 
 def start_sim(uris: dict, workspace, name: str):
@@ -44,12 +47,8 @@ def start_sim(uris: dict, workspace, name: str):
 
     from support import JOB_PY
 
-    args = [a for s in SITES for a in ("--site", f"{s}={uris[s]}")]
-    return subprocess.Popen(
-        [sys.executable, JOB_PY, *args, "--rounds", str(ROUNDS), "--local-epochs", str(EPOCHS), "--batch-size",
-         str(BATCH), "--env", "sim", "--workspace", str(workspace), "--name", name],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )
+    return subprocess.Popen([sys.executable, JOB_PY, *sim_args(uris, workspace, name)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
 def delivered_run(uri: str, name: str, site: str, timeout: float = 120) -> dict:
