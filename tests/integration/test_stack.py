@@ -108,6 +108,10 @@ def test_the_server_holds_no_metric_value(stack, histories):
     assert logs and not [n for n in needles if n in logs]
 
 
+def wall_seconds(run: dict) -> float:
+    return (run["info"]["end_time"] - run["info"]["start_time"]) / 1000
+
+
 def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
     """mlflow-site-2 is down before the job starts and back only after it ends; mlflow-site-1 is
     stopped during round 2 and started again 60 s later. Nothing is lost, nothing doubled."""
@@ -142,6 +146,12 @@ def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
         run = site_run(server, f"{name}-{site}", site, job_id, wait=300)  # delivered after the outage
         hist = check_site_run(server, run, site, stack.rounds)
         assert len(hist["train_loss"]) == len(histories[site]["train_loss"]), f"{site}: points lost"
+        # A stall, not noise: the outage job's wall time (each run spans its job at the site) stays
+        # within the normal job's plus 30 s; training that waited on tracking would take minutes.
+        normal = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
+        took, baseline = wall_seconds(run), wall_seconds(normal)
+        print(f"\n{site}: outage job {took:.1f} s, normal job {baseline:.1f} s (bound {baseline + 30:.1f} s)")
+        assert took <= baseline + 30, f"{site}: the outage job took {took:.1f} s vs {baseline:.1f} s for the normal job"
     status = stack.make("status").stdout
     for site in SITES:
         assert f"{site} tracking spool: 0 record(s) spooled" in status, status
