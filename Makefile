@@ -5,11 +5,11 @@ SHELL := /usr/bin/env bash -o pipefail
 
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
-export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT
+export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT CA_DIR
 export HOST_GID := $(shell id -g)
 # Image tags follow the pins in requirements.txt.
 export NVFLARE_VERSION := $(shell sed -n 's/^nvflare==//p' requirements.txt)
-export MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.txt)
+export MLFLOW_VERSION := $(shell sed -n 's/^mlflow\(\[[a-z,]*\]\)\?==//p' requirements.txt)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -42,31 +42,49 @@ wait: ## Block until the newest job ends; print its status (non-zero if it faile
 status: ## Services, job state, and per-site metric counts
 	$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
 	$(ADMIN) python3 scripts/flare_admin.py status || true
-	$(PYTHON) scripts/status.py $(SITES)
+	$(PYTHON) scripts/status.py --secrets $(KITS_ROOT)/secrets $(SITES)
 	@for site in site-1 site-2; do \
 	  printf '%s tracking spool: ' $$site; \
-	  $(COMPOSE) exec -T $$site sh -c 'f=/workspace/tracking-spool/forwarder.py; \
-	    if [ -f $$f ]; then python3 $$f status /workspace/tracking-spool; else echo "0 record(s) spooled (no job yet)"; fi' \
+	  $(COMPOSE) exec -T $$site python3 /opt/fedtrack/job/spool.py status /workspace/tracking-spool \
 	    || echo "(site not running)"; done
 
 .PHONY: logs
 logs: ## Show recent service logs (LOGS_ARGS="-f" to follow)
 	$(COMPOSE) logs --tail 200 $(LOGS_ARGS)
 
+.PHONY: mlflow-user
+mlflow-user: ## Make an account for a site's MLflow UI: make mlflow-user SITE=site-1 USER=alice (prints its password once)
+	@if [ "$(origin USER)" != "command line" ] || [ -z "$(USER)" ]; then \
+	  echo "error: name the account: make mlflow-user SITE=site-1 USER=alice" >&2; exit 2; fi
+	@sites=$$($(COMPOSE) config --services | sed -n 's/^mlflow-//p' | tr '\n' ' '); \
+	if [ -z "$(SITE)" ] || [[ " $$sites " != *" $(SITE) "* ]]; then \
+	  echo "error: unknown site '$(SITE)'; the sites are: $$sites" >&2; exit 2; fi
+	@$(COMPOSE) exec -T mlflow-$(SITE) fedtrack-mlflow add-user "$(USER)"
+
 .PHONY: down
 down: ## Stop and remove the containers; keep all data (runs, kits, workspaces)
 	$(COMPOSE) --profile admin --profile tools down --remove-orphans
 
 .PHONY: clean
-clean: ## Remove this project's containers, networks, volumes and startup kits (images stay)
+clean: ## Remove this project's containers, networks, volumes, startup kits, secrets and root CA (images stay)
 	$(COMPOSE) --profile admin --profile tools down --volumes --remove-orphans
 	$(MAKE) clean-kits
+	$(MAKE) clean-ca
 
 .PHONY: clean-kits
-clean-kits: ## Remove the generated startup kits (they are owned by the containers' user)
-	@if [ -d "$(KITS_ROOT)" ]; then \
-	  docker run --rm --network none --user 0:0 -v "$(abspath $(KITS_ROOT)):/kits" --entrypoint bash \
-	    fedtrack/flare:$(NVFLARE_VERSION) -c 'rm -rf /kits/* /kits/.[!.]*' && rmdir "$(KITS_ROOT)"; fi
+clean-kits: ## Remove the generated startup kits and the sites' MLflow secrets (the root CA stays)
+	@$(call remove-as-root,$(KITS_ROOT))
+
+.PHONY: clean-ca
+clean-ca: ## Remove the root CA (CA_DIR): kits made afterwards have a new root
+	@$(call remove-as-root,$(CA_DIR))
+
+# Generated files are owned by the containers' users: remove a folder's contents as root, in a container.
+define remove-as-root
+if [ -d "$(1)" ]; then \
+  docker run --rm --network none --user 0:0 -v "$$(cd "$(1)" && pwd):/kits" --entrypoint bash \
+    fedtrack/flare:$(NVFLARE_VERSION) -c 'rm -rf /kits/* /kits/.[!.]*' && rmdir "$(1)"; fi
+endef
 
 ##@ Building blocks
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start an NVFlare server or client from a startup kit mounted read-only at $KIT, with its
 # writable workspace (logs, job runs, job store) at $WORKSPACE, a persistent volume.
-# The kit's keys are linked, never copied into the workspace or the image.
+# The kit's keys are linked, never copied into the workspace or the image. The local policy
+# (authorization, allowed components: /opt/fedtrack/policy) comes from the image, as does every
+# line of code a site runs; a client site also runs its tracking forwarder, from the image.
 #   fedtrack-entrypoint            run the participant the kit was made for (server or client)
 #   fedtrack-entrypoint CMD ...    run CMD (e.g. the admin's job submission) instead
 set -euo pipefail
@@ -28,20 +30,16 @@ rm -rf "$WORKSPACE/startup"
 mkdir -p "$WORKSPACE/startup" "$WORKSPACE/local" "$WORKSPACE/transfer"
 ln -s "$KIT"/startup/* "$WORKSPACE/startup/"
 cp "$KIT"/local/* "$WORKSPACE/local/"
-# The server keeps its job store and snapshots on its volume, not in the container's /tmp.
-if [ -f "$KIT/startup/fed_server.json" ]; then
-  sed "s#/tmp/nvflare#$WORKSPACE/store#g" "$WORKSPACE/local/resources.json.default" > "$WORKSPACE/local/resources.json"
-fi
+python3 /opt/fedtrack/policy/install.py "$KIT" "$WORKSPACE"
 rm -f "$WORKSPACE"/{pid,shutdown,restart,daemon_pid}.fl
 # A fresh log.txt per start (three earlier ones kept): the client's healthcheck reads it for
 # this start's registration.
 for i in 2 1; do [ -f "$WORKSPACE/log.txt.$i" ] && mv "$WORKSPACE/log.txt.$i" "$WORKSPACE/log.txt.$((i + 1))"; done
 [ -f "$WORKSPACE/log.txt" ] && mv "$WORKSPACE/log.txt" "$WORKSPACE/log.txt.1"
-# Tracking records a job spooled at this site and could not deliver yet (its MLflow was down when
-# the container stopped): the site's forwarder resumes delivering them now.
-spool="$WORKSPACE/tracking-spool"
-if [ -f "$spool/forwarder.py" ] && compgen -G "$spool/*.spool" >/dev/null; then
-  setsid python3 "$spool/forwarder.py" forward "$spool" >>"$spool/forwarder.log" 2>&1 < /dev/null &
+# A client site's forwarder runs as long as the container: it delivers what jobs spool (and what
+# they spooled before a restart) to the site's MLflow; its log is the container's.
+if [ -f "$KIT/startup/fed_client.json" ]; then
+  python3 /opt/fedtrack/job/spool.py serve "$WORKSPACE/tracking-spool" < /dev/null &
 fi
 echo "fedtrack: $cmd (kit $KIT, workspace $WORKSPACE)"
 eval "exec $cmd"  # the kit's command refers to "$WORKSPACE", set above

@@ -1,10 +1,13 @@
 # NVIDIA FLARE runtime image (server, clients, admin): Python 3.11 venv with every pin of
-# requirements.txt except the test-only ones. No startup kits, keys or job code inside:
-# mount the provisioned startup kit at /kit and submit jobs at run time.
+# requirements.txt except the test-only ones, plus the vetted code every site runs: the job's
+# modules in /opt/fedtrack/job (training script, tracking receiver, spool and forwarder, model),
+# the local policy in /opt/fedtrack/policy, and the admin's scripts/flare_admin.py. Jobs carry
+# configuration only. No startup kits, keys or secrets inside: the kit is mounted at /kit.
 #
 # Build context = build/context/flare/, staged by scripts/build-images.sh (no network needed):
 #   wheels/  hard links to build/wheelhouse/flare/ (scripts/wheelhouse.sh), incl. requirements.txt
 #   flare-entrypoint.sh  copy of docker/flare-entrypoint.sh
+#   job/, policy/, scripts/flare_admin.py  copies of the repo's files
 # then: docker build -f docker/flare.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
 #                     -t fedtrack/flare:2.9.0 build/context/flare
 # (scripts/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
@@ -39,6 +42,9 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/opt/fedtrack/job \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true \
     HOME=/home/flare
 RUN groupadd --system --gid 10001 flare \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/flare --create-home --shell /bin/bash flare \
@@ -53,4 +59,7 @@ COPY --from=build /opt/venv /opt/venv
 # Starts the server/client a mounted kit was made for (compose: entrypoint fedtrack-entrypoint).
 # Not the image's ENTRYPOINT, so `docker run IMAGE python ...` works without a kit.
 COPY flare-entrypoint.sh /usr/local/bin/fedtrack-entrypoint
+COPY job /opt/fedtrack/job
+COPY policy /opt/fedtrack/policy
+COPY scripts /opt/fedtrack/scripts
 LABEL fedtrack.build-hash="${BUILD_HASH}"

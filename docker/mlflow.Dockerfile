@@ -1,13 +1,14 @@
-# MLflow tracking server image (one per site): Python 3.11 venv with the mlflow pin only.
-# Data (SQLite backend store + served artifacts) lives in the /mlflow volume.
+# MLflow tracking server image (one per site): Python 3.11 venv with the mlflow pin only (with its
+# `auth` extra), and `fedtrack-mlflow` (docker/mlflow-site.py), which runs it behind a login.
+# Data (SQLite backend store, account store, served artifacts) lives in the /mlflow volume;
+# secrets come at run time as files in /run/secrets, never in the image.
 #
 # Build context = build/context/mlflow/, staged by scripts/build-images.sh (no network needed):
 #   wheels/  hard links to build/wheelhouse/mlflow/ (scripts/wheelhouse.sh), incl. requirements.txt
+#   mlflow-site.py  copy of docker/mlflow-site.py
 # then: docker build -f docker/mlflow.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
 #                     -t fedtrack/mlflow:3.17.2 build/context/mlflow
 # (scripts/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
-# Compose should override CMD to add e.g. --allowed-hosts for its service name; the
-# healthcheck reads MLFLOW_HEALTH_URL (default http://127.0.0.1:5000/health) if the port changes.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -33,7 +34,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/mlflow \
-    MLFLOW_HEALTH_URL=http://127.0.0.1:5000/health
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true \
+    MLFLOW_ENABLE_AI_GATEWAY=false \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 RUN groupadd --system --gid 10002 mlflow \
  && useradd --system --uid 10002 --gid 10002 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow \
  && mkdir -p /mlflow/artifacts \
@@ -42,12 +46,11 @@ VOLUME ["/mlflow"]
 WORKDIR /mlflow
 USER 10002:10002
 EXPOSE 5000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
-  CMD ["python3", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['MLFLOW_HEALTH_URL'], timeout=4).status == 200 else 1)"]
-CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", \
-     "--backend-store-uri", "sqlite:////mlflow/mlflow.db", \
-     "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts"]
+# Needs SITE_MLFLOW (its service name) and UI_PORT (its published port) and the secrets.
+CMD ["fedtrack-mlflow", "serve"]
+HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=30 CMD ["fedtrack-mlflow", "health"]
 # Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
 ARG BUILD_HASH=none
 COPY --from=build /opt/venv /opt/venv
+COPY mlflow-site.py /usr/local/bin/fedtrack-mlflow
 LABEL fedtrack.build-hash="${BUILD_HASH}"

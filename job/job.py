@@ -5,6 +5,9 @@
 Each site gets its own SiteMLflowReceiver, pointed at that site's own tracking URI and listening
 only to local analytics events. The ConvertToFedEvent component that nvflare adds to every
 client is removed, so no metric is ever forwarded to the FL server.
+
+Exported and submitted jobs carry configuration only: the sites run the training script, receiver
+and model from the code installed in their image (--site-code), and refuse jobs with custom code.
 """
 
 import argparse
@@ -21,6 +24,10 @@ DEFAULT_PROJECT = os.path.join(ROOT, "provision", "project.yml")
 JOB_NAME = "fedavg-site-tracking"
 FED_FORWARDER_ID = "event_to_fed"
 TERMINAL_STATUSES = ("FINISHED", "ABORTED", "FAILED")
+# Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
+SITE_CODE = "/opt/fedtrack/job"
+# The modules of that code a job's configuration names; they are never shipped with the job.
+SITE_MODULES = ["client", "data", "model", "privacy", "spool", "tracking"]
 
 log = logging.getLogger("fedtrack.job")
 
@@ -112,8 +119,12 @@ def build_recipe(
     name: str = JOB_NAME,
     spool_limit: int = None,
     torch_threads: int = 0,
+    site_code: str = None,
 ):
-    """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server."""
+    """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server.
+
+    With site_code, the job runs the sites' installed code from that folder and ships none; without
+    it (the simulator on this host), the training script travels with the job."""
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
     from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 
@@ -126,7 +137,8 @@ def build_recipe(
         model=SimpleNetwork(),
         min_clients=len(sites),
         num_rounds=rounds,
-        train_script="client.py",  # relative: shipped inside the job, no host path baked in
+        # Relative: shipped inside the job (simulator); absolute: the copy installed at each site.
+        train_script=os.path.join(site_code, "client.py") if site_code else "client.py",
         launch_external_process=False,  # in-process: the site's receiver sees the local events
         key_metric="",  # clients report no metric to the server, so there is none to select a model by
     )
@@ -153,11 +165,22 @@ def build_recipe(
     _use_site_receivers(recipe, sites, name, spool_limit)
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
+    if site_code:
+        _ship_no_code(recipe)
     return recipe
 
 
+# nvflare's recipe API has no public way to list a job's apps or to leave the training script out
+# of it: these two helpers are the only places that reach into the recipe's FedJob.
 def _client_apps(recipe) -> dict:
     return {t: app for t, app in recipe._job._deploy_map.items() if t != "server"}
+
+
+def _ship_no_code(recipe):
+    """Config only: the sites' own modules stay out of custom/, and so does the training script."""
+    recipe._job.set_app_packages(SITE_MODULES)
+    for app in _client_apps(recipe).values():
+        app.app_config.ext_scripts.clear()
 
 
 def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int = None):
@@ -182,6 +205,25 @@ def _remove_fed_forwarding(recipe):
     """Drop the ConvertToFedEvent widget that would forward every metric to the FL server."""
     for app in _client_apps(recipe).values():
         app.app_config.components.pop(FED_FORWARDER_ID, None)
+
+
+def custom_code(job_dir: str) -> list:
+    """Files an exported job would ship as code (should be []: sites refuse custom code)."""
+    return sorted(
+        os.path.relpath(os.path.join(d, f), job_dir)
+        for d, _, files in os.walk(job_dir)
+        for f in files
+        if os.path.relpath(d, job_dir).split(os.sep)[1:2] == ["custom"]
+    )
+
+
+def check_config_only(job_dir: str):
+    leaks = forwarding_components(job_dir)
+    if leaks:
+        raise RuntimeError(f"exported job would forward metrics to the server: {leaks}")
+    code = custom_code(job_dir)
+    if code:
+        raise RuntimeError(f"exported job would carry custom code, which every site refuses: {code}")
 
 
 def forwarding_components(job_dir: str) -> list:
@@ -223,34 +265,43 @@ def run_sim(recipe, sites: dict, workspace: str) -> int:
 def run_export(recipe, export_dir: str) -> int:
     recipe.export(export_dir)
     job_dir = os.path.join(export_dir, recipe.name)
-    leaks = forwarding_components(job_dir)
-    if leaks:
-        raise RuntimeError(f"exported job would forward metrics to the server: {leaks}")
+    check_config_only(job_dir)
     print(f"job exported to {job_dir}")
     return 0
 
 
 def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int:
-    from nvflare.recipe.prod_env import ProdEnv
+    """Export, check that the job is config only, submit it with the admin kit, and maybe wait."""
+    import contextlib
+    import tempfile
 
-    env = ProdEnv(startup_kit_location=kit, username=username, login_timeout=30.0)
-    try:
-        run = recipe.run(env)
-    except Exception as e:  # the Flare API's reason, on one line
-        raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
-    job_id = run.get_job_id()
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.export(tmp)
+        job_dir = os.path.join(tmp, recipe.name)
+        check_config_only(job_dir)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter
+                sess = new_secure_session(username, kit, timeout=30)
+            job_id = sess.submit_job(job_dir)
+        except Exception as e:  # the Flare API's reason, on one line
+            raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
     print(f"submitted job {job_id}", flush=True)
-    if not wait:
-        return 0
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        status = env.get_job_status(job_id)
-        if status and any(status.startswith(s) for s in TERMINAL_STATUSES):
-            break
-        time.sleep(3)
-    print(f"job {job_id} {status}")
-    return 0 if status == "FINISHED:COMPLETED" else 1
+    try:
+        if not wait:
+            return 0
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            status = sess.get_job_status(job_id)
+            if status and any(status.startswith(s) for s in TERMINAL_STATUSES):
+                break
+            time.sleep(3)
+        print(f"job {job_id} {status}")
+        return 0 if status == "FINISHED:COMPLETED" else 1
+    finally:
+        sess.close()
 
 
 # ---------------------------------------------------------------- CLI
@@ -271,6 +322,8 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
+    p.add_argument("--site-code", default=SITE_CODE,
+                   help="export/prod: the folder at each site holding the vetted site code (the image's by default)")
     p.add_argument("--startup-kit", help="admin startup kit (prod)")
     p.add_argument("--username", help="admin user (prod; default: the kit's)")
     p.add_argument("--export-dir", default="jobs", help="where --env export writes the job folder")
@@ -316,6 +369,8 @@ def main(argv=None) -> int:
                         f"its records are spooled and delivered when it does",
                         file=sys.stderr,
                     )
+        if not os.path.isabs(args.site_code):
+            raise UsageError(f"--site-code {args.site_code!r}: give the absolute path of the site code at each site")
         username = check_admin_kit(args.startup_kit, args.username) if args.env == "prod" else None
         export_dir = os.path.abspath(args.export_dir)
         workspace = os.path.abspath(args.workspace)
@@ -334,7 +389,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, HERE)
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
-        args.spool_limit, torch_threads,
+        args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code,
     )
     try:
         if args.env == "sim":

@@ -2,11 +2,16 @@
 
 The training side only appends records to a spool on the site's persistent storage (one SQLite
 file per job, in `<site workspace>/tracking-spool/`): no network I/O, tens of microseconds per
-record. A forwarder process (`python3 spool.py forward DIR`, one per site, started by the
-receiver and by the FLARE container at start) delivers them in order and in batches, retrying
-with backoff until the server accepts them, and deletes a record only after the server has it.
-It outlives the job: records spooled while the server is down arrive after it returns, and the
-run then gets its real final status.
+record. A forwarder process (one per site: `serve`, started with the site's container, or
+`forward`, started by the receiver when none runs) delivers them in order and in batches,
+retrying with backoff until the server accepts them, and deletes a record only after the server
+has it. It outlives the job: records spooled while the server is down arrive after it returns,
+and the run then gets its real final status. It always runs this file as installed (at a site,
+the image's copy), never a copy on a volume that a job could write.
+
+At a deployed site the forwarder sends only to the site's own server (FEDTRACK_TRACKING_URI) and
+logs in there with the site's writer account (FEDTRACK_MLFLOW_USERNAME and the password in the
+file FEDTRACK_MLFLOW_PASSWORD_FILE); a spool naming any other server is refused.
 
 Exactly once as seen in MLflow: a metric keeps the timestamp of its log call, and MLflow's store
 drops a point identical to one it holds (key, value, timestamp, step), so a batch re-sent after
@@ -16,6 +21,7 @@ overwrite. The run is found again by its `job_id` and `site` tags before one is 
 Bounded: a spool holds at most `max_records` undelivered records; past that, new records are
 refused and counted (a warning in the site's log, and in `status`); what is spooled is kept.
 
+    python3 spool.py serve DIR        deliver whatever appears in DIR, until DIR is removed
     python3 spool.py forward DIR      deliver everything in DIR, then exit
     python3 spool.py status DIR       one line: spooled (undelivered) and refused record counts
 """
@@ -37,6 +43,8 @@ BATCH = 1000  # MLflow's log-batch limits: 1000 metrics, 100 params, 100 tags pe
 POLL = 0.2  # seconds between looks at an idle spool
 BACKOFF = (0.5, 1, 2, 5, 10, 20, 30)
 IDLE_EXIT = 30.0  # seconds a forwarder with nothing left to do stays before it exits
+SITE_URI_ENV = "FEDTRACK_TRACKING_URI"  # set at a deployed site: its own MLflow, the only destination
+USER_ENV, PASSWORD_FILE_ENV = "FEDTRACK_MLFLOW_USERNAME", "FEDTRACK_MLFLOW_PASSWORD_FILE"
 
 log = logging.getLogger("fedtrack.spool")
 
@@ -169,6 +177,7 @@ class Delivery:
         if self.client is None:
             from mlflow.tracking import MlflowClient
 
+            use_site_credentials(uri)
             self.client = MlflowClient(tracking_uri=uri)
         return self.client
 
@@ -246,6 +255,31 @@ class Delivery:
         return pending, int(meta.get("refused", 0))
 
 
+def use_site_credentials(uri: str):
+    """At a deployed site: refuse any server but the site's own, and log in there as its writer."""
+    site_uri = os.environ.get(SITE_URI_ENV)
+    if not site_uri:
+        return  # on a host without a site configuration (the simulator): as configured by the job
+    if uri.rstrip("/") != site_uri.rstrip("/"):
+        raise PermissionError(f"this site delivers only to its own MLflow server {site_uri}, not to {uri}")
+    password_file = os.environ.get(PASSWORD_FILE_ENV)
+    if password_file:
+        with open(password_file) as f:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = f.read().strip()
+        os.environ["MLFLOW_TRACKING_USERNAME"] = os.environ.get(USER_ENV, "forwarder")
+
+
+def describe_failure(e: Exception) -> str:
+    """One line saying what went wrong and, for a refused login, what to fix."""
+    text = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    if "error code 401" in text or "error code 403" in text:
+        code = "401" if "error code 401" in text else "403"
+        return (f"the site's MLflow server refused the forwarder's login (HTTP {code}): fix the password of "
+                f"{os.environ.get(USER_ENV, 'its account')!r} in {os.environ.get(PASSWORD_FILE_ENV, 'its secret')}; "
+                f"records stay spooled until then")
+    return f"delivery failed ({text}); records kept, retrying"
+
+
 def _lock(spool_dir: str):
     fd = os.open(os.path.join(spool_dir, FORWARDER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -257,12 +291,19 @@ def _lock(spool_dir: str):
 
 
 def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
-    """Deliver every spool in spool_dir; exit once all are delivered and closed (and idle_exit passed)."""
+    """Deliver every spool in spool_dir; exit once all are delivered and closed (and idle_exit
+    passed; never with idle_exit None), or when spool_dir is removed."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # retries are ours, with backoff
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     while True:
+        if not os.path.isdir(spool_dir):
+            log.info("%s is gone; nothing left to deliver", spool_dir)
+            return 0
         fd = _lock(spool_dir)
         if fd is None:
+            if idle_exit is None:  # serving: take over when the other forwarder exits
+                time.sleep(5)
+                continue
             return 0  # another forwarder serves this site
         deliveries = {}
         idle_since = time.monotonic()
@@ -284,8 +325,9 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                         d.failures += 1
                         d.next_try = time.monotonic() + BACKOFF[min(d.failures, len(BACKOFF)) - 1]
                         if str(e) != d.last_error:
-                            log.warning("%s: delivery failed (%s); records kept, retrying", path, str(e).splitlines()[0][:300])
+                            log.warning("%s: %s", path, describe_failure(e))
                             d.last_error = str(e)
+                        d.client = None  # log in afresh next time (a fixed password is picked up)
                         continue
                     if done:
                         d.close()
@@ -297,7 +339,9 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 busy = any(d.counts()[0] for d in deliveries.values())
                 if deliveries:
                     idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > idle_exit:
+                elif not os.path.isdir(spool_dir):
+                    break
+                elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
                 time.sleep(0 if busy and not any(d.failures for d in deliveries.values()) else POLL)
         finally:
@@ -305,7 +349,7 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 d.close()
             os.close(fd)
         # Released: a spool that appeared meanwhile keeps this forwarder (or the new one) going.
-        if not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
+        if not os.path.isdir(spool_dir) or not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
             return 0
 
 
@@ -315,13 +359,9 @@ def start_forwarder(spool_dir: str, log_path: str = None) -> None:
     if fd is None:
         return
     os.close(fd)  # free: a new forwarder takes it (a race leaves exactly one)
-    script = os.path.join(spool_dir, "forwarder.py")
-    with open(os.path.abspath(__file__)) as src, open(script + ".tmp", "w") as dst:
-        dst.write(src.read())  # a copy beside the spool: the container entrypoint restarts it after a restart
-    os.replace(script + ".tmp", script)
     out = open(log_path or os.path.join(spool_dir, "forwarder.log"), "ab")
     subprocess.Popen(
-        [sys.executable, script, "forward", spool_dir],
+        [sys.executable, os.path.abspath(__file__), "forward", spool_dir],
         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
     )
 
@@ -340,12 +380,15 @@ def status(spool_dir: str) -> str:
 
 def main(argv) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if len(argv) != 2 or argv[0] not in ("forward", "status"):
+    if len(argv) != 2 or argv[0] not in ("serve", "forward", "status"):
         print(__doc__.split("\n\n")[-1], file=sys.stderr)
         return 2
     if argv[0] == "status":
         print(status(argv[1]) if os.path.isdir(argv[1]) else "0 record(s) spooled (no spool yet)")
         return 0
+    if argv[0] == "serve":
+        os.makedirs(argv[1], exist_ok=True)
+        return forward(argv[1], idle_exit=None)
     return forward(argv[1])
 
 

@@ -9,6 +9,8 @@ down, and nothing logged is lost or duplicated in MLflow.
 Compared with nvflare's stock MLflowReceiver it also:
 - refuses to run at any other site than the one it was configured for, so a misrouted job can
   never send one site's metrics to another site's server;
+- at a deployed site, refuses any tracking URI but the site's own (FEDTRACK_TRACKING_URI, set by
+  the site, not by the job), so a job cannot point a site's metrics anywhere else;
 - creates the experiment without a client-side `file://` artifact location, so artifacts are
   stored and served by the site's server (`mlflow-artifacts:/...`);
 - tags each run `site` and `job_id`, and sets the run's real final status when the job ends.
@@ -28,7 +30,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 
-from spool import DEFAULT_MAX_RECORDS, SpoolWriter, start_forwarder
+from spool import DEFAULT_MAX_RECORDS, SITE_URI_ENV, SpoolWriter, start_forwarder
 
 SPOOL_DIR = "tracking-spool"
 FORWARDER_CHECK = 5.0  # seconds between checks that the site's forwarder runs
@@ -79,6 +81,12 @@ class SiteMLflowReceiver(AnalyticsReceiver):
             raise RuntimeError(
                 f"this receiver is configured for site {self.site!r} but runs at {identity!r}; "
                 f"refusing to send {identity}'s metrics to {self.site}'s tracking server"
+            )
+        site_uri = os.environ.get(SITE_URI_ENV)
+        if site_uri and self.tracking_uri.rstrip("/") != site_uri.rstrip("/"):
+            raise RuntimeError(
+                f"site {identity} tracks only to its own MLflow server {site_uri} ({SITE_URI_ENV}); "
+                f"this job asked for {self.tracking_uri}"
             )
         job_id = run_label = fl_ctx.get_job_id()
         if job_id == "simulate_job":  # every simulator run has this id: make the run's tag unique

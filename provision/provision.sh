@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Make the startup kits once (runs in the FLARE image as the `provision` service).
-# Output: /provision/workspace/fedtrack/prod_00/{server,site-1,site-2,admin@fedtrack.local}, git-ignored.
+# Make the startup kits and each site's MLflow secrets once (runs in the FLARE image as the
+# `provision` service, as root, with no network). Output, git-ignored:
+#   /provision/workspace/fedtrack/prod_00/<participant>/   kits; private keys 0600, owned by the containers' user
+#   /provision/workspace/secrets/<site>/mlflow/             admin_password, flask_secret, forwarder_password
+#                                                           (0600, owned by the MLflow image's user)
+#   /provision/workspace/secrets/<site>/client/             forwarder_password (0600, the FLARE image's user)
+#   /provision/ca/cert.json                                 the root CA's certificate and private key: never
+#                                                           beside the kits; reused to sign kits made again
 set -euo pipefail
 WS=/provision/workspace
 KITS=$WS/fedtrack/prod_00
+SECRETS=$WS/secrets
+CA=/provision/ca
 STAMP=$WS/.project.sha256
+FLARE_UID=10001 MLFLOW_UID=10002
 want=$(sha256sum /provision/project.yml | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ -f "$KITS/server/startup/fed_server.json" ]; then
   if [ "$(cat "$STAMP")" != "$want" ]; then
     echo "error: provision/project.yml changed since the kits were made; run \`make clean-kits\`, then \`make up\`" >&2
+    exit 1
+  fi
+  if [ ! -d "$SECRETS" ]; then
+    echo "error: the kits in $KITS predate the sites' MLflow secrets; run \`make clean-kits\`, then \`make up\`" >&2
     exit 1
   fi
   echo "Skipping provisioning: startup kits already exist in $KITS"
@@ -19,9 +32,40 @@ if [ -e "$KITS" ]; then
   echo "error: $KITS is incomplete; run \`make clean-kits\`, then \`make up\`" >&2
   exit 1
 fi
+# With the CA of an earlier provisioning, the new kits are signed by the same root.
+if [ -f "$CA/cert.json" ]; then
+  mkdir -p "$WS/fedtrack/state" && cp "$CA/cert.json" "$WS/fedtrack/state/cert.json"
+fi
 nvflare provision -p /provision/project.yml -w "$WS" --force >/dev/null
+mkdir -p "$CA" && chmod 700 "$CA"
+mv "$WS/fedtrack/state/cert.json" "$CA/cert.json" && chmod 600 "$CA/cert.json"
+rm -rf "$WS/fedtrack/state"
+
+python3 - "$SECRETS" "$FLARE_UID" "$MLFLOW_UID" <<'PY'
+import os, secrets, sys, yaml
+root, flare_uid, mlflow_uid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open("/provision/project.yml") as f:
+    sites = [p["name"] for p in yaml.safe_load(f)["participants"] if p.get("type") == "client"]
+
+def write(path, value, uid):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.chown(path, uid, uid)
+
+for site in sites:
+    forwarder = secrets.token_urlsafe(24)
+    write(f"{root}/{site}/mlflow/admin_password", secrets.token_urlsafe(24), mlflow_uid)
+    write(f"{root}/{site}/mlflow/flask_secret", secrets.token_urlsafe(32), mlflow_uid)
+    write(f"{root}/{site}/mlflow/forwarder_password", forwarder, mlflow_uid)
+    write(f"{root}/{site}/client/forwarder_password", forwarder, flare_uid)
+PY
+chmod 700 "$SECRETS"
 echo "$want" > "$STAMP"
-# Readable by the containers' user (10001) and the host user's group; nobody else.
-chown -R "10001:${HOST_GID:-0}" "$WS"
-chmod -R u+rwX,g+rX,o-rwx "$WS"
-echo "Provisioned startup kits in $KITS"
+# Kits: readable by the containers' user (10001) and the host user's group; private keys by the
+# containers' user alone.
+chown -R "$FLARE_UID:${HOST_GID:-0}" "$WS/fedtrack"
+chmod -R u+rwX,g+rX,o-rwx "$WS/fedtrack"
+find "$WS/fedtrack" -name '*.key' -exec chmod 600 {} +
+echo "Provisioned startup kits in $KITS and MLflow secrets for each site in $SECRETS"

@@ -38,7 +38,7 @@ docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon: start dock
 
 pin() {  # pin NAME -> version pinned with == in requirements.txt
   local v
-  v="$(sed -n -E "s/^[[:space:]]*$1[[:space:]]*==[[:space:]]*([^[:space:];#]+).*/\1/Ip" "$REQUIREMENTS" | head -n1)"
+  v="$(sed -n -E "s/^[[:space:]]*$1(\[[^]]*\])?[[:space:]]*==[[:space:]]*([^[:space:];#]+).*/\2/Ip" "$REQUIREMENTS" | head -n1)"
   [[ -n "$v" ]] || die "no '$1==<version>' pin in $REQUIREMENTS: add one"
   echo "$v"
 }
@@ -67,9 +67,12 @@ base_id="$(docker image inspect -f '{{.Id}}' "$BASE")"
 
 # Extra files (besides the wheels) each image's build context needs: "source:name-in-context".
 context_files() {
+  local f
   case "$1" in
-    flare) echo "$ROOT/docker/flare-entrypoint.sh:flare-entrypoint.sh" ;;
-    *) ;;
+    flare) echo "$ROOT/docker/flare-entrypoint.sh:flare-entrypoint.sh"
+           for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json; do echo "$f:${f#"$ROOT"/}"; done
+           echo "$ROOT/scripts/flare_admin.py:scripts/flare_admin.py" ;;
+    mlflow) echo "$ROOT/docker/mlflow-site.py:mlflow-site.py" ;;
   esac
 }
 
@@ -105,7 +108,7 @@ build() {
   rm -f "$ctx"/wheels/.pip-*.log
   for spec in ${extra[@]+"${extra[@]}"}; do
     src="${spec%%:*}"; dst="${spec##*:}"
-    install -m 0755 "$src" "$ctx/$dst"
+    install -D -m 0755 "$src" "$ctx/$dst"
   done
 
   log "building $tag from docker/$name.Dockerfile ($(du -sh "$ctx" | cut -f1) context), base $BASE; log: $buildlog"

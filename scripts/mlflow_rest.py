@@ -1,5 +1,6 @@
 """A small stdlib-only client for MLflow's REST API: `make status` and the tests read each site's server with it."""
 
+import base64
 import json
 import urllib.error
 import urllib.parse
@@ -7,16 +8,19 @@ import urllib.request
 
 
 class MLflowREST:
-    def __init__(self, uri: str, timeout: float = 30.0):
+    def __init__(self, uri: str, timeout: float = 30.0, auth: tuple = None):
         self.uri = uri.rstrip("/")
         self.timeout = timeout
+        self.headers = {"Content-Type": "application/json"}
+        if auth:  # (user, password): a site's MLflow behind its login
+            self.headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
 
     def _call(self, method: str, path: str, params: dict = None, body: dict = None):
         url = f"{self.uri}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params, doseq=True)
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else {}
@@ -69,7 +73,7 @@ class MLflowREST:
             raise AssertionError(f"artifacts of run {run['info']['run_id']} are not served by the server: {artifact_uri}")
         rel = artifact_uri[len(prefix) :].strip("/")
         url = f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{rel}/{path}"
-        with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=self.timeout) as resp:
             return resp.read()
 
 

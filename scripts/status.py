@@ -1,8 +1,10 @@
-"""Per-site tracking status, read from each site's MLflow through its published UI port.
+"""Per-site tracking status, read from each site's MLflow through its published UI port, logged in as
+the site's MLflow admin (passwords from the secrets `make provision` made).
 
-    python3 scripts/status.py site-1=http://127.0.0.1:5001 site-2=http://127.0.0.1:5002
+    python3 scripts/status.py [--secrets DIR] site-1=http://127.0.0.1:5001 site-2=http://127.0.0.1:5002
 """
 
+import argparse
 import os
 import sys
 
@@ -12,12 +14,26 @@ from mlflow_rest import MLflowREST, tags  # noqa: E402
 METRICS = ("train_loss", "accuracy", "local_accuracy")
 
 
-def site_status(site: str, uri: str) -> str:
-    server = MLflowREST(uri, timeout=10)
+def admin_login(secrets: str, site: str):
+    """(user, password) of the site's MLflow admin, or None where the secrets are not readable."""
+    if not secrets:
+        return None
+    try:
+        with open(os.path.join(secrets, site, "mlflow", "admin_password")) as f:
+            return ("admin", f.read().strip())
+    except OSError:
+        return None
+
+
+def site_status(site: str, uri: str, auth=None) -> str:
+    server = MLflowREST(uri, timeout=10, auth=auth)
     try:
         runs = server.runs()
     except OSError as e:
-        return f"{site} {uri}: not answering ({getattr(e, 'reason', e)})"
+        reason = getattr(e, "reason", e)
+        if getattr(e, "code", None) == 401:
+            reason = "it needs a login: run `make status` as a user who can read the kits' secrets (e.g. root)"
+        return f"{site} {uri}: not answering ({reason})"
     if not runs:
         return f"{site} {uri}: no runs yet"
     latest = max(runs, key=lambda r: r["info"]["start_time"])
@@ -26,12 +42,16 @@ def site_status(site: str, uri: str) -> str:
     return f"{site} {uri}: {len(runs)} run(s); latest (job {job}) {latest['info']['status']}: {counts}"
 
 
-def main(specs) -> int:
-    for spec in specs:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--secrets", help="the folder of the sites' secrets (KITS_ROOT/secrets)")
+    p.add_argument("sites", nargs="+", metavar="SITE=URI")
+    args = p.parse_args(argv)
+    for spec in args.sites:
         site, _, uri = spec.partition("=")
-        print(site_status(site, uri))
+        print(site_status(site, uri, admin_login(args.secrets, site)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

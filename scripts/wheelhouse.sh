@@ -35,8 +35,9 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3 with
 
 # Pins: requirement lines without comments/blank lines/inline comments.
 pins() { sed -e 's/[[:space:]]#.*$//' -e 's/^#.*$//' -e 's/[[:space:]]*$//' "$REQUIREMENTS" | grep -v '^[[:space:]]*$' || true; }
-FLARE_PINS="$(pins | grep -Eiv "$TEST_ONLY_RE" || true)"
-MLFLOW_PINS="$(pins | grep -Ei '^mlflow[[:space:]]*[=<>!~]' || true)"
+# The FLARE image needs no extra of mlflow's (`auth` is for the tracking server only).
+FLARE_PINS="$(pins | grep -Eiv "$TEST_ONLY_RE" | sed -E 's/^mlflow\[[^]]*\]/mlflow/' || true)"
+MLFLOW_PINS="$(pins | grep -Ei '^mlflow(\[[^]]*\])?[[:space:]]*[=<>!~]' || true)"
 [[ -n "$FLARE_PINS" ]] || die "no pins found in $REQUIREMENTS"
 [[ -n "$MLFLOW_PINS" ]] || die "no 'mlflow==...' pin in $REQUIREMENTS: add one"
 

@@ -12,7 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "scripts")]
 from mlflow_rest import MLflowREST  # noqa: E402
 
-JOB_PY = os.path.join(ROOT, "job", "job.py")
+JOB_DIR = os.path.join(ROOT, "job")
+JOB_PY = os.path.join(JOB_DIR, "job.py")
+sys.path.insert(0, os.path.join(ROOT, "policy"))
+import install as policy  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 SITES = ("site-1", "site-2")
 
@@ -98,14 +101,16 @@ class MLflowServer:
 
 
 class FlareSystem:
-    """A provisioned FL server and two clients as local processes, like `start.sh` runs them."""
+    """A provisioned FL server and two clients as local processes, like `start.sh` runs them, under
+    the deployment's local policy (policy/install.py) and with the site code on their path, as the
+    FLARE image has it: jobs submitted here carry configuration only (job.py --site-code JOB_DIR)."""
 
     def __init__(self, root: str):
         self.root = root
         self.port = free_port()
         self.procs = {}
         self.kits = os.path.join(root, "ws", "fedtrack", "prod_00")
-        self.storage = os.path.join(root, "server-storage")
+        self.storage = os.path.join(self.kits, "localhost", "store")
 
     def kit(self, name: str) -> str:
         return os.path.join(self.kits, name)
@@ -132,27 +137,25 @@ class FlareSystem:
             [os.path.join(BIN, "nvflare"), "provision", "-p", project_file, "-w", os.path.join(self.root, "ws"), "--force"],
             check=True, capture_output=True, cwd=self.root,
         )
-        # Keep the server's job store inside this test's folder instead of /tmp/nvflare.
-        local = os.path.join(self.server_dir, "local")
-        with open(os.path.join(local, "resources.json.default")) as f:
-            resources = f.read()
-        resources = resources.replace("/tmp/nvflare", self.storage)
-        with open(os.path.join(local, "resources.json"), "w") as f:
-            f.write(resources)
+        # Each kit is its own workspace here: the policy goes into its local/ (the server's job store
+        # into its folder, not /tmp/nvflare).
+        for name in ("localhost", *SITES):
+            policy.install(self.kit(name), self.kit(name))
+
+    def launch(self, name: str) -> list:
+        """The kit's own launch command (module, uid, org), as its start script would run it."""
+        with open(os.path.join(self.kit(name), "startup", "sub_start.sh")) as f:
+            line = next(l for l in f if "-m nvflare.private.fed.app." in l and l.strip().startswith("exec "))
+        argv = line.split()[1:]
+        return [sys.executable, *argv[1:]]  # python3 -u -m ... with this interpreter
 
     def start(self):
         self.provision()
-        self.procs["server"] = start(
-            [sys.executable, "-u", "-m", "nvflare.private.fed.app.server.server_train", "-m", self.server_dir,
-             "-s", "fed_server.json", "--set", "secure_train=true", "org=fedtrack", "config_folder=config"],
-            os.path.join(self.root, "server.log"), cwd=self.server_dir,
-        )
-        for site in SITES:
-            self.procs[site] = start(
-                [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", self.kit(site),
-                 "-s", "fed_client.json", "--set", "secure_train=true", f"uid={site}", "org=fedtrack",
-                 "config_folder=config"],
-                os.path.join(self.root, f"{site}.log"), cwd=self.kit(site),
+        env = dict(os.environ, PYTHONPATH=JOB_DIR)
+        for name in ("localhost", *SITES):
+            cmd = [a.replace('"$WORKSPACE"', self.kit(name)) for a in self.launch(name)]
+            self.procs["server" if name == "localhost" else name] = start(
+                cmd, os.path.join(self.root, f"{'server' if name == 'localhost' else name}.log"), cwd=self.kit(name), env=env,
             )
         wait_until(lambda: all(self.registered(s) for s in SITES), 180, "both clients to register with the server")
         return self

@@ -290,3 +290,18 @@ def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, ca
     assert any("is full (10 undelivered records, limit 10)" in r.getMessage() for r in caplog.records)
     w.close()  # the final status still goes in
     assert status(str(tmp_path / "spool")) == "11 record(s) spooled and undelivered in 1 job spool(s), 5 refused (spool full)"
+
+
+def test_a_deployed_site_delivers_only_to_its_own_server(mlflow_servers, tmp_path, monkeypatch):
+    """FEDTRACK_TRACKING_URI (set by the site, not the job) is the only destination: a spool that
+    names another server is refused and kept, and no credential is sent anywhere."""
+    monkeypatch.setenv("FEDTRACK_TRACKING_URI", mlflow_servers["site-2"].uri)
+    w = new_spool(tmp_path, mlflow_servers["site-1"].uri, f"elsewhere-{os.getpid()}")
+    w.append("metric", "train_loss", 0.5, 0)
+    w.close()
+    d = Delivery(w.path)
+    with pytest.raises(PermissionError, match="delivers only to its own MLflow server"):
+        d.step()
+    assert d.counts()[0] == 2  # the metric and the end record, still spooled
+    d.close()
+    assert MLflowREST(mlflow_servers["site-1"].uri).experiment_by_name(f"elsewhere-{os.getpid()}") is None

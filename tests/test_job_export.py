@@ -70,7 +70,45 @@ def test_no_host_specific_path_in_the_job(exported):
                 assert path not in text, f"{f} contains {path}"
 
 
-def test_job_ships_its_code(exported):
+def test_the_job_is_configuration_only(exported):
+    """No code travels with the job (every site refuses custom code): the sites run the training
+    script, receiver and model installed in their image, named by path and module."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "job"))
+    from job import SITE_CODE, custom_code
+
+    assert custom_code(str(exported)) == []
+    assert not [d for d, _, _ in os.walk(exported) if os.path.basename(d) == "custom"]
     for site in URIS:
-        custom = sorted(os.listdir(exported / f"app_{site}" / "custom"))
-        assert {"client.py", "data.py", "model.py", "tracking.py"} <= set(custom), custom
+        executor = client_config(exported, site)["executors"][0]["executor"]["args"]
+        assert executor["task_script_path"] == f"{SITE_CODE}/client.py"
+
+
+def test_the_job_uses_only_the_classes_each_sites_policy_allows(exported):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "policy"))
+    from install import CLIENT_CLASSES, SERVER_CLASSES
+
+    def paths(node):
+        if isinstance(node, dict):
+            if "path" in node:
+                yield node["path"]
+            for v in node.values():
+                yield from paths(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from paths(v)
+
+    for site in URIS:
+        assert set(paths(client_config(exported, site))) <= set(CLIENT_CLASSES)
+    with open(exported / "app_server" / "config" / "config_fed_server.json") as f:
+        assert set(paths(json.load(f))) <= set(SERVER_CLASSES)
+
+
+def test_a_relative_site_code_path_is_a_one_line_error(tmp_path):
+    """A relative --site-code would make the training script travel with the job: refused."""
+    result = run_job("--site", "site-1=http://a:1", "--site", "site-2=http://b:2", "--env", "export",
+                     "--export-dir", str(tmp_path), "--site-code", "job")
+    assert result.returncode == 2 and "error: --site-code 'job': give the absolute path" in result.stderr

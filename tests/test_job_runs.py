@@ -20,7 +20,7 @@ from checks import (
     metric_strings,
     site_run,
 )
-from support import ROOT, load_json, run_job
+from support import JOB_DIR, ROOT, load_json, run_job
 from mlflow_rest import MLflowREST
 
 ROUNDS = 3
@@ -48,7 +48,7 @@ def prod_run(mlflow_servers, flare_system):
     name = f"prod-{os.getpid()}"
     t0 = time.monotonic()
     result = run_job(*site_args(mlflow_servers), "--rounds", str(ROUNDS), "--env", "prod",
-                     "--startup-kit", flare_system.admin_kit, "--name", name, "--timeout", "600")
+                     "--startup-kit", flare_system.admin_kit, "--site-code", JOB_DIR, "--name", name, "--timeout", "600")
     print(f"\nprovisioned processes, {ROUNDS} rounds: {time.monotonic() - t0:.1f} s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", result.stdout).group(1)

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from mlflow_rest import MLflowREST
 from support import ROOT, free_port
-
 
 
 class Stack:
@@ -17,6 +17,7 @@ class Stack:
         self.name = f"fedtrack-test-{os.getpid()}"
         self.job_name = f"it-{os.getpid()}"
         self.kits = os.path.join(root, "kits")
+        self.ca = os.path.join(root, "ca")
         self.data = os.path.join(root, "data")
         self.ports = {"site-1": free_port(), "site-2": free_port()}
         self.rounds = 3
@@ -26,19 +27,33 @@ class Stack:
             f"JOB_NAME={self.job_name}",
             f"ROUNDS={self.rounds}",
             f"KITS_ROOT={self.kits}",
+            f"CA_DIR={self.ca}",
             f"DATA_DIR={self.data}",
             f"MLFLOW_SITE1_PORT={self.ports['site-1']}",
             f"MLFLOW_SITE2_PORT={self.ports['site-2']}",
         ]
-        self.env = dict(os.environ, COMPOSE_PROJECT_NAME=self.name, KITS_ROOT=self.kits, DATA_DIR=self.data,
+        self.env = dict(os.environ, COMPOSE_PROJECT_NAME=self.name, KITS_ROOT=self.kits, CA_DIR=self.ca, DATA_DIR=self.data,
                         MLFLOW_SITE1_PORT=str(self.ports["site-1"]), MLFLOW_SITE2_PORT=str(self.ports["site-2"]))
 
     def uri(self, site: str) -> str:
         return f"http://127.0.0.1:{self.ports[site]}"
 
-    def make(self, target: str, timeout: float = 3600, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["make", "--no-print-directory", target, *self.vars], cwd=ROOT, capture_output=True,
-                                text=True, timeout=timeout)
+    def secret(self, site: str, name: str, side: str = "mlflow") -> str:
+        """A site's provisioned secret (the tests run as root, like CI)."""
+        with open(os.path.join(self.kits, "secrets", site, side, name)) as f:
+            return f.read().strip()
+
+    def mlflow(self, site: str, user: str = "admin", password: str = None) -> MLflowREST:
+        """The site's MLflow through its published port, logged in (as its admin by default)."""
+        return MLflowREST(self.uri(site), auth=(user, password or self.secret(site, "admin_password")))
+
+    def admin(self, *args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """A command in the admin container (FL network only, the admin kit at /kit)."""
+        return self.compose("--profile", "admin", "run", "--rm", "-T", "admin", *args, check=check, timeout=timeout)
+
+    def make(self, target: str, timeout: float = 3600, check: bool = True, extra: list = ()) -> subprocess.CompletedProcess:
+        result = subprocess.run(["make", "--no-print-directory", target, *self.vars, *extra], cwd=ROOT,
+                                capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"make {target} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
         return result

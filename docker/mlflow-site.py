@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""A site's MLflow tracking server behind a login (installed in the MLflow image as `fedtrack-mlflow`).
+
+    fedtrack-mlflow serve           sync the site's accounts, then run `mlflow server --app-name basic-auth`
+    fedtrack-mlflow health          exit 0 when the server answers an authenticated API call under its service name
+    fedtrack-mlflow add-user NAME   make a UI account that can read the site's runs; prints its password once
+
+Secrets are files made at provisioning and handed in as Compose secrets (never environment lines,
+build arguments or image layers): /run/secrets/mlflow_admin_password, mlflow_flask_secret and
+mlflow_forwarder_password. The account store lives on the site's volume (/mlflow/auth.db). Every
+account reads every run of the site (default_permission READ); the forwarder's account, which is
+not an admin, writes the experiments it creates; anonymous requests get 401.
+"""
+
+import base64
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+
+SECRETS = os.environ.get("SECRETS_DIR", "/run/secrets")
+DATA = os.environ.get("MLFLOW_DATA", "/mlflow")
+AUTH_DB = f"sqlite:///{DATA}/auth.db"
+ADMIN, FORWARDER = "admin", "forwarder"
+INI = os.environ.get("MLFLOW_AUTH_INI", "/tmp/fedtrack-auth.ini")  # a tmpfs: the root filesystem is read-only
+
+
+def secret(name: str) -> str:
+    path = os.path.join(SECRETS, name)
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError as e:
+        sys.exit(f"error: secret {path} is missing or unreadable ({e.strerror}); run `make provision`")
+    if len(value) < 12:
+        sys.exit(f"error: secret {path} is shorter than 12 characters; run `make clean-kits` and `make provision`")
+    return value
+
+
+def base_url() -> str:
+    return f"http://{os.environ['SITE_MLFLOW']}:5000"
+
+
+def call(method: str, path: str, body: dict = None, user: str = ADMIN, password: str = None, timeout: float = 10):
+    token = base64.b64encode(f"{user}:{password or secret('mlflow_admin_password')}".encode()).decode()
+    req = urllib.request.Request(base_url() + path, method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def sync_accounts(admin_password: str, forwarder_password: str):
+    """The admin and forwarder accounts carry the passwords provisioned now (also after new kits)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(AUTH_DB)
+    for user, password, is_admin in ((ADMIN, admin_password, True), (FORWARDER, forwarder_password, False)):
+        if not store.has_user(user, use_primary=True):
+            store.create_user(user, password, is_admin=is_admin)
+        elif not store.authenticate_user(user, password, use_primary=True):
+            store.update_user(user, password=password)
+
+
+def serve() -> int:
+    admin_password = secret("mlflow_admin_password")
+    sync_accounts(admin_password, secret("mlflow_forwarder_password"))
+    with open(os.open(INI, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {AUTH_DB}\nadmin_username = {ADMIN}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    os.environ.update(MLFLOW_AUTH_CONFIG_PATH=INI, MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                      MLFLOW_FLASK_SERVER_SECRET_KEY=secret("mlflow_flask_secret"))
+    site, port = os.environ["SITE_MLFLOW"], os.environ["UI_PORT"]
+    # Admits its client by service name and the host's browser by the published port (MLflow >= 3.5
+    # answers 403 "Invalid Host header" to any other name).
+    args = ["mlflow", "server", "--app-name", "basic-auth", "--host", "0.0.0.0", "--port", os.environ.get("MLFLOW_PORT", "5000"),
+            "--workers", os.environ.get("MLFLOW_WORKERS", "2"),
+            "--backend-store-uri", f"sqlite:///{DATA}/mlflow.db",
+            "--artifacts-destination", f"{DATA}/artifacts", "--serve-artifacts",
+            "--allowed-hosts", f"{site},{site}:5000,localhost:{port},127.0.0.1:{port}"]
+    os.execvp(args[0], args)
+
+
+def health() -> int:
+    # The API path and Host header its client uses (/health skips MLflow's host check), logged in.
+    try:
+        call("GET", "/api/2.0/mlflow/experiments/search?max_results=1", timeout=4)
+        return 0
+    except (OSError, ValueError) as e:
+        print(f"unhealthy: {e}", file=sys.stderr)
+        return 1
+
+
+def add_user(name: str) -> int:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._@-" for c in name):
+        print(f"error: user name {name!r}: use up to 64 letters, digits, '.', '_', '@' or '-'", file=sys.stderr)
+        return 2
+    if name in (ADMIN, FORWARDER):
+        print(f"error: {name!r} is reserved for the site's own services; choose another name", file=sys.stderr)
+        return 2
+    password = secrets.token_urlsafe(18)
+    try:
+        call("POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
+    except urllib.error.HTTPError as e:
+        detail = e.read(300).decode(errors="replace")
+        if "RESOURCE_ALREADY_EXISTS" in detail or "already exists" in detail:
+            print(f"error: user {name!r} already exists at {os.environ['SITE_MLFLOW']}; choose another name", file=sys.stderr)
+        else:
+            print(f"error: could not create user {name!r}: HTTP {e.code} {detail.strip()}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: the site's MLflow server does not answer ({e}); start it with `make up`", file=sys.stderr)
+        return 1
+    print(f"user {name} created; password (shown once, keep it safe): {password}")
+    return 0
+
+
+def main(argv) -> int:
+    if argv[:1] == ["serve"] and len(argv) == 1:
+        return serve()
+    if argv[:1] == ["health"] and len(argv) == 1:
+        return health()
+    if argv[:1] == ["add-user"] and len(argv) == 2:
+        return add_user(argv[1])
+    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
