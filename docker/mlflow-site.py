@@ -70,8 +70,10 @@ def serve() -> int:
     with open(os.open(INI, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {AUTH_DB}\nadmin_username = {ADMIN}\n"
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    os.environ.update(MLFLOW_AUTH_CONFIG_PATH=INI, MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
-                      MLFLOW_FLASK_SERVER_SECRET_KEY=secret("mlflow_flask_secret"))
+    # For MLflow's own process only (exec below): read from the secret files, never set in Compose.
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = INI
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
+    os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret("mlflow_flask_secret")
     site, port = os.environ["SITE_MLFLOW"], os.environ["UI_PORT"]
     # Admits its client by service name and the host's browser by the published port (MLflow >= 3.5
     # answers 403 "Invalid Host header" to any other name).

@@ -281,11 +281,14 @@ def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int
         recipe.export(tmp)
         job_dir = os.path.join(tmp, recipe.name)
         check_config_only(job_dir)
+        sess = None
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter
                 sess = new_secure_session(username, kit, timeout=30)
             job_id = sess.submit_job(job_dir)
         except Exception as e:  # the Flare API's reason, on one line
+            if sess:
+                sess.close()  # its threads would keep this process alive
             raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
     print(f"submitted job {job_id}", flush=True)
     try:
