@@ -153,14 +153,14 @@ def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
         hist = check_site_run(server, run, site, stack.rounds)
         assert len(hist["train_loss"]) == len(histories[site]["train_loss"]), f"{site}: points lost"
         # A stall, not noise: the outage job's wall time (each run spans its job at the site) stays
-        # within twice the normal job's plus 90 s. The two jobs run at different times on a shared
+        # within twice the normal job's plus 120 s. The two jobs run at different times on a shared
         # 2-core machine, this one beside `make status` and the outage's restarts: with a CPU hog on
-        # one core it took 88 s against 19 s. Training that waited on tracking would take minutes
-        # (the stock receiver blocks about 247 s per failed flush) or never end (site-2's server
-        # is back only after the job).
+        # one core it took 88-95 s against 18-19 s. Training that waited on tracking would take
+        # minutes more (the stock receiver blocks about 247 s per failed flush) or never end
+        # (site-2's server is back only after the job).
         normal = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
         took, baseline = wall_seconds(run), wall_seconds(normal)
-        bound = 2 * baseline + 90
+        bound = 2 * baseline + 120
         print(f"\n{site}: outage job {took:.1f} s, normal job {baseline:.1f} s, ratio {took / baseline:.2f} (bound {bound:.1f} s)")
         assert took <= bound, f"{site}: the outage job took {took:.1f} s vs {baseline:.1f} s for the normal job"
     status = stack.make("status").stdout
