@@ -255,13 +255,18 @@ class Delivery:
         return pending, int(meta.get("refused", 0))
 
 
+def check_destination(uri: str):
+    """At a deployed site (FEDTRACK_TRACKING_URI set by the site), refuse any server but its own."""
+    site_uri = os.environ.get(SITE_URI_ENV)
+    if site_uri and uri.rstrip("/") != site_uri.rstrip("/"):
+        raise PermissionError(f"this site delivers only to its own MLflow server {site_uri} ({SITE_URI_ENV}), not to {uri}")
+
+
 def use_site_credentials(uri: str):
     """At a deployed site: refuse any server but the site's own, and log in there as its writer."""
-    site_uri = os.environ.get(SITE_URI_ENV)
-    if not site_uri:
+    check_destination(uri)
+    if not os.environ.get(SITE_URI_ENV):
         return  # on a host without a site configuration (the simulator): as configured by the job
-    if uri.rstrip("/") != site_uri.rstrip("/"):
-        raise PermissionError(f"this site delivers only to its own MLflow server {site_uri}, not to {uri}")
     password_file = os.environ.get(PASSWORD_FILE_ENV)
     if password_file:
         with open(password_file) as f:
@@ -349,7 +354,7 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 d.close()
             os.close(fd)
         # Released: a spool that appeared meanwhile keeps this forwarder (or the new one) going.
-        if not os.path.isdir(spool_dir) or not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
+        if not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):  # none left, or spool_dir is gone
             return 0
 
 

@@ -30,7 +30,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 
-from spool import DEFAULT_MAX_RECORDS, SITE_URI_ENV, SpoolWriter, start_forwarder
+from spool import DEFAULT_MAX_RECORDS, SpoolWriter, check_destination, start_forwarder
 
 SPOOL_DIR = "tracking-spool"
 FORWARDER_CHECK = 5.0  # seconds between checks that the site's forwarder runs
@@ -82,12 +82,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
                 f"this receiver is configured for site {self.site!r} but runs at {identity!r}; "
                 f"refusing to send {identity}'s metrics to {self.site}'s tracking server"
             )
-        site_uri = os.environ.get(SITE_URI_ENV)
-        if site_uri and self.tracking_uri.rstrip("/") != site_uri.rstrip("/"):
-            raise RuntimeError(
-                f"site {identity} tracks only to its own MLflow server {site_uri} ({SITE_URI_ENV}); "
-                f"this job asked for {self.tracking_uri}"
-            )
+        check_destination(self.tracking_uri)  # the site's own MLflow, whatever the job asks
         job_id = run_label = fl_ctx.get_job_id()
         if job_id == "simulate_job":  # every simulator run has this id: make the run's tag unique
             job_id = f"simulate_job-{int(time.time() * 1000)}"

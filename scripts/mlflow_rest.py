@@ -7,13 +7,18 @@ import urllib.parse
 import urllib.request
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The Authorization header value for a login to a site's MLflow."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class MLflowREST:
     def __init__(self, uri: str, timeout: float = 30.0, auth: tuple = None):
         self.uri = uri.rstrip("/")
         self.timeout = timeout
         self.headers = {"Content-Type": "application/json"}
         if auth:  # (user, password): a site's MLflow behind its login
-            self.headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+            self.headers["Authorization"] = basic_auth(*auth)
 
     def _call(self, method: str, path: str, params: dict = None, body: dict = None):
         url = f"{self.uri}{path}"

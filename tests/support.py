@@ -152,11 +152,9 @@ class FlareSystem:
     def start(self):
         self.provision()
         env = dict(os.environ, PYTHONPATH=JOB_DIR)
-        for name in ("localhost", *SITES):
-            cmd = [a.replace('"$WORKSPACE"', self.kit(name)) for a in self.launch(name)]
-            self.procs["server" if name == "localhost" else name] = start(
-                cmd, os.path.join(self.root, f"{'server' if name == 'localhost' else name}.log"), cwd=self.kit(name), env=env,
-            )
+        for kit, proc in (("localhost", "server"), *((s, s) for s in SITES)):
+            cmd = [a.replace('"$WORKSPACE"', self.kit(kit)) for a in self.launch(kit)]
+            self.procs[proc] = start(cmd, os.path.join(self.root, f"{proc}.log"), cwd=self.kit(kit), env=env)
         wait_until(lambda: all(self.registered(s) for s in SITES), 180, "both clients to register with the server")
         return self
 

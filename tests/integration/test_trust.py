@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from checks import SITES, check_site_run, metric_strings, site_run
+from mlflow_rest import basic_auth
 from support import ROOT
 
 pytestmark = pytest.mark.docker
@@ -25,13 +26,12 @@ pytestmark = pytest.mark.docker
 SERVICES = ("server", *SITES, *(f"mlflow-{s}" for s in SITES))
 FLARE_IMAGE = f"fedtrack/flare:{os.environ.get('NVFLARE_VERSION', '2.9.0')}"  # `make test` sets the pins
 MLFLOW_IMAGE = f"fedtrack/mlflow:{os.environ.get('MLFLOW_VERSION', '3.17.2')}"
+# The admin container's own session helper (the image's scripts/flare_admin.py), as `sess`.
 ADMIN_SESSION = """
-import contextlib, json, sys
-from nvflare.fuel.flare_api.flare_api import new_secure_session
-with open("/kit/startup/fed_admin.json") as f:
-    user = json.load(f)["admin"]["username"]
-with contextlib.redirect_stdout(sys.stderr):
-    sess = new_secure_session(user, "/kit", timeout=30)
+import json, sys
+sys.path.insert(0, "scripts")
+from flare_admin import session
+sess = session()
 """
 
 
@@ -224,9 +224,7 @@ def test_site_1s_certificate_under_another_name_is_refused(stack, tmp_path):
 def status_of(url: str, auth: tuple = None) -> int:
     req = urllib.request.Request(url)
     if auth:
-        import base64
-
-        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+        req.add_header("Authorization", basic_auth(*auth))
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
@@ -377,10 +375,8 @@ class RecordingProxy:
     are passed on with the user's login, all others are refused (nothing leaves the machine)."""
 
     def __init__(self, target: str, auth: tuple):
-        import base64
-
         self.requests, self.target = [], target
-        header = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+        header = basic_auth(*auth)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
