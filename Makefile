@@ -31,8 +31,12 @@ help: ## Show this help
 ##@ Deployment (Docker Compose)
 
 .PHONY: up
-up: images ## Build, provision, start all services, submit the job; prints job id and MLflow URLs
+up: check images ## Build, provision, start all services, submit the job; prints job id and MLflow URLs
 	scripts/up.sh
+
+.PHONY: check
+check: ## Check the knobs (ROUNDS, DATASET, ports, ...) before anything is built or started
+	@scripts/up.sh --check
 
 .PHONY: wait
 wait: ## Block until the newest job ends; print its status (non-zero if it failed)
@@ -66,25 +70,16 @@ down: ## Stop and remove the containers; keep all data (runs, kits, workspaces)
 	$(COMPOSE) --profile admin --profile tools down --remove-orphans
 
 .PHONY: clean
-clean: ## Remove this project's containers, networks, volumes, startup kits, secrets and root CA (images stay)
-	$(COMPOSE) --profile admin --profile tools down --volumes --remove-orphans
-	$(MAKE) clean-kits
-	$(MAKE) clean-ca
+clean: ## Remove this project's containers, networks and volumes (each site's MLflow runs: CONFIRM=yes), kits, secrets, root CA
+	scripts/clean.sh all
 
 .PHONY: clean-kits
-clean-kits: ## Remove the generated startup kits and the sites' MLflow secrets (the root CA stays)
-	@$(call remove-as-root,$(KITS_ROOT))
+clean-kits: ## Remove the startup kits and the sites' secrets (KITS_ROOT's fedtrack/ and secrets/ only; the root CA stays)
+	@scripts/clean.sh kits
 
 .PHONY: clean-ca
-clean-ca: ## Remove the root CA (CA_DIR): kits made afterwards have a new root
-	@$(call remove-as-root,$(CA_DIR))
-
-# Generated files are owned by the containers' users: remove a folder's contents as root, in a container.
-define remove-as-root
-if [ -d "$(1)" ]; then \
-  docker run --rm --network none --user 0:0 -v "$$(cd "$(1)" && pwd):/kits" --entrypoint bash \
-    fedtrack/flare:$(NVFLARE_VERSION) -c 'rm -rf /kits/* /kits/.[!.]*' && rmdir "$(1)"; fi
-endef
+clean-ca: ## Remove the root CA (CA_DIR/cert.json): kits made afterwards have a new root
+	@scripts/clean.sh ca
 
 ##@ Building blocks
 

@@ -32,10 +32,6 @@ ln -s "$KIT"/startup/* "$WORKSPACE/startup/"
 cp "$KIT"/local/* "$WORKSPACE/local/"
 python3 /opt/fedtrack/policy/install.py "$KIT" "$WORKSPACE"
 rm -f "$WORKSPACE"/{pid,shutdown,restart,daemon_pid}.fl
-# A fresh log.txt per start (three earlier ones kept): the client's healthcheck reads it for
-# this start's registration.
-for i in 2 1; do [ -f "$WORKSPACE/log.txt.$i" ] && mv "$WORKSPACE/log.txt.$i" "$WORKSPACE/log.txt.$((i + 1))"; done
-[ -f "$WORKSPACE/log.txt" ] && mv "$WORKSPACE/log.txt" "$WORKSPACE/log.txt.1"
 # A client site's forwarder runs as long as the container: it delivers what jobs spool (and what
 # they spooled before a restart) to the site's MLflow; its log is the container's.
 if [ -f "$KIT/startup/fed_client.json" ]; then

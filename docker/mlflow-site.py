@@ -2,7 +2,8 @@
 """A site's MLflow tracking server behind a login (installed in the MLflow image as `fedtrack-mlflow`).
 
     fedtrack-mlflow serve           sync the site's accounts, then run `mlflow server --app-name basic-auth`
-    fedtrack-mlflow health          exit 0 when the server answers an authenticated API call under its service name
+    fedtrack-mlflow health          exit 0 when the server takes a write with the forwarder's account, under its
+                                    service name (a tag on the experiment fedtrack-healthcheck)
     fedtrack-mlflow add-user NAME   make a UI account that can read the site's runs; prints its password once
 
 Secrets are files made at provisioning and handed in as Compose secrets (never environment lines,
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -24,6 +26,7 @@ SECRETS = os.environ.get("SECRETS_DIR", "/run/secrets")
 DATA = os.environ.get("MLFLOW_DATA", "/mlflow")
 AUTH_DB = f"sqlite:///{DATA}/auth.db"
 ADMIN, FORWARDER = "admin", "forwarder"
+HEALTH_EXPERIMENT = "fedtrack-healthcheck"
 INI = os.environ.get("MLFLOW_AUTH_INI", "/tmp/fedtrack-auth.ini")  # a tmpfs: the root filesystem is read-only
 
 
@@ -86,12 +89,28 @@ def serve() -> int:
 
 
 def health() -> int:
-    # The API path and Host header its client uses (/health skips MLflow's host check), logged in.
+    """A write with the forwarder's account, under the service name its forwarder uses: MLflow
+    answers, its host check admits the site, the login works and the store takes a write."""
+    password = secret("mlflow_forwarder_password")
     try:
-        call("GET", "/api/2.0/mlflow/experiments/search?max_results=1", timeout=4)
+        try:
+            found = call("GET", f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={HEALTH_EXPERIMENT}",
+                         user=FORWARDER, password=password, timeout=4)
+            exp_id = found["experiment"]["experiment_id"]
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise
+            exp_id = call("POST", "/api/2.0/mlflow/experiments/create", {
+                "name": HEALTH_EXPERIMENT,
+                "tags": [{"key": "mlflow.note.content", "value": "Written by the site's healthcheck (one tag, every 10 s): "
+                          "proof that the store takes the forwarder's writes. Holds no runs."}],
+            }, user=FORWARDER, password=password, timeout=4)["experiment_id"]
+        call("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
+             {"experiment_id": exp_id, "key": "last_write_check", "value": str(int(time.time()))},
+             user=FORWARDER, password=password, timeout=4)
         return 0
-    except (OSError, ValueError) as e:
-        print(f"unhealthy: {e}", file=sys.stderr)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"unhealthy: the forwarder's write was not taken: {e}", file=sys.stderr)
         return 1
 
 

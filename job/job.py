@@ -27,7 +27,7 @@ TERMINAL_STATUSES = ("FINISHED", "ABORTED", "FAILED")
 # Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
 SITE_CODE = "/opt/fedtrack/job"
 # The modules of that code a job's configuration names; they are never shipped with the job.
-SITE_MODULES = ["client", "data", "model", "privacy", "spool", "tracking"]
+SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "spool", "tracking"]
 
 log = logging.getLogger("fedtrack.job")
 
@@ -129,6 +129,7 @@ def build_recipe(
     from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 
     from model import SimpleNetwork
+    from outcome import RunOutcome
     from privacy import MetricLeakGuard
 
     site_names = list(sites)
@@ -165,6 +166,7 @@ def build_recipe(
     _use_site_receivers(recipe, sites, name, spool_limit)
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
+    recipe._job.to_server(RunOutcome(), id="run_outcome")  # each site's run ends with the job's real outcome
     if site_code:
         _ship_no_code(recipe)
     return recipe
@@ -259,7 +261,28 @@ def run_sim(recipe, sites: dict, workspace: str) -> int:
     result = run.get_result()
     log.info("simulation finished; workspace %s", result)
     print(f"job {run.get_job_id()} FINISHED; workspace {result}")
+    report_delivery({site: os.path.join(workspace, recipe.name, site, "tracking-spool") for site in sites}, sites)
     return 0
+
+
+def report_delivery(spools: dict, sites: dict, settle: float = 10.0):
+    """After a simulation: per site, what is still undelivered, and the forwarder that keeps at it."""
+    from spool import counts, forwarder_pid
+
+    deadline = time.monotonic() + settle  # a server that answers takes the rest within seconds
+    while time.monotonic() < deadline and any(os.path.isdir(d) and counts(d)["pending"] for d in spools.values()):
+        time.sleep(0.5)
+    for site, spool_dir in spools.items():
+        pending = counts(spool_dir)["pending"] if os.path.isdir(spool_dir) else 0
+        if not pending:
+            print(f"{site}: every record delivered to {sites[site]}")
+            continue
+        pid = forwarder_pid(spool_dir)
+        where = (f"forwarder pid {pid} keeps delivering them in the background (log: {spool_dir}/forwarder.log; "
+                 f"stop it with `kill {pid}`: the records stay spooled for the next run's forwarder)"
+                 if pid else "no forwarder runs now: the next run at this site delivers them")
+        print(f"{site}: {pending} record(s) not yet delivered to {sites[site]}; {where}; "
+              f"see `python3 job/spool.py status {spool_dir}`")
 
 
 def run_export(recipe, export_dir: str) -> int:

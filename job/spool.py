@@ -20,20 +20,25 @@ overwrite. The run is found again by its `job_id` and `site` tags before one is 
 
 Bounded: a spool holds at most `max_records` undelivered records; past that, new records are
 refused and counted (a warning in the site's log, and in `status`); what is spooled is kept.
+A write the storage refuses (disk full) is counted too (SpoolWriter); the forwarder's own writes
+(deleting what was delivered) are retried, and a re-sent batch adds nothing.
 
     python3 spool.py serve DIR        deliver whatever appears in DIR, until DIR is removed
     python3 spool.py forward DIR      deliver everything in DIR, then exit
-    python3 spool.py status DIR       one line: spooled (undelivered) and refused record counts
+    python3 spool.py status DIR       one line: undelivered, refused and lost record counts
+    python3 spool.py count DIR        the number of undelivered records
 """
 
 import fcntl
 import glob
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 
 FORWARDER_LOCK = ".forwarder.lock"
@@ -88,6 +93,8 @@ def _process_token(pid: int) -> str:
 
 def _alive(token: str) -> bool:
     pid = int(token.split(":")[0])
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,19 +108,49 @@ def _alive(token: str) -> bool:
 
 
 class SpoolWriter:
-    """Appends one job's records at a site. Used from the training process only."""
+    """Appends one job's records at a site. Used from the training process only.
+
+    A write the site's storage refuses (disk full, read-only or lost volume) loses that record
+    only: it is counted (`failed`, in `status` and the site's healthcheck), what is already
+    spooled stays, and the next append tries again, so spooling resumes once space returns.
+    """
 
     def __init__(self, spool_dir: str, job_key: str, meta: dict, max_records: int = DEFAULT_MAX_RECORDS):
-        os.makedirs(spool_dir, exist_ok=True)
         self.spool_dir = spool_dir
         self.path = os.path.join(spool_dir, job_key + SUFFIX)
         self.max_records = max_records
-        self.db = _connect(self.path)
-        self.refused = int(_meta(self.db).get("refused", 0))
-        _set_meta(self.db, writer=_process_token(os.getpid()), closed=0, max_records=max_records, **meta)
-        self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
-        self.pending()  # sets _floor: no undelivered record is older (the forwarder only deletes)
+        self.meta = dict(meta, writer=_process_token(os.getpid()), closed=0, max_records=max_records)
+        self.db = None
+        self.refused = self.failed = 0
+        self.failures = FailureLog(spool_dir, job_key)
         self.closed = False
+        self._next_open = 0.0
+        self._open()
+
+    def _open(self) -> bool:
+        """(Re)open the spool; False, with the failure logged, while the storage refuses it."""
+        if self.db is not None:
+            return True
+        if time.monotonic() < self._next_open:
+            return False
+        db = None
+        try:
+            os.makedirs(self.spool_dir, exist_ok=True)
+            db = _connect(self.path)
+            kept = _meta(db)
+            self.refused = max(self.refused, int(kept.get("refused", 0)))
+            self.failed = max(self.failed, int(kept.get("failed", 0)))
+            _set_meta(db, failed=self.failed, **self.meta)
+            self.last_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+        except (sqlite3.Error, OSError) as e:
+            if db is not None:
+                db.close()
+            self._next_open = time.monotonic() + 1.0  # a full disk stays full for a while: try once a second
+            self.failures.record(self.failed, e)
+            return False
+        self.db = db
+        self.pending()  # sets _floor: no undelivered record is older (the forwarder only deletes)
+        return True
 
     def pending(self) -> int:
         first = self.db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
@@ -125,35 +162,109 @@ class SpoolWriter:
         return self.last_seq - self._floor + 1 >= self.max_records and self.pending() >= self.max_records
 
     def append(self, kind: str, key: str, value=None, step: int = None, ts: int = None) -> bool:
-        """Spool one record; False if the spool is full (the record is refused and counted)."""
+        """Spool one record; False if it was refused (spool full) or failed (storage error), counted."""
         if self.closed:
             raise RuntimeError("spool is closed")
-        if kind != "end" and self._may_be_full():
-            self.refused += 1
-            if self.refused == 1 or self.refused % 10000 == 0:
-                log.warning(
-                    "tracking spool %s is full (%d undelivered records, limit %d): %d record(s) refused so far; "
-                    "start the site's MLflow server or raise the limit",
-                    self.path, self.pending(), self.max_records, self.refused,
-                )
-                _set_meta(self.db, refused=self.refused)
+        if not self._open():
+            self.failed += 1
+            self.failures.record(self.failed)
             return False
-        cur = self.db.execute(
-            "INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)",
-            (kind, key, None if value is None else (value if isinstance(value, str) else json.dumps(value)),
-             step, ts if ts is not None else int(time.time() * 1000)),
-        )
+        try:
+            if kind != "end" and self._may_be_full():
+                self.refused += 1
+                if self.refused == 1 or self.refused % 10000 == 0:
+                    log.warning(
+                        "tracking spool %s is full (%d undelivered records, limit %d): %d record(s) refused so far; "
+                        "start the site's MLflow server or raise the limit",
+                        self.path, self.pending(), self.max_records, self.refused,
+                    )
+                    _set_meta(self.db, refused=self.refused)
+                return False
+            cur = self.db.execute(
+                "INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)",
+                (kind, key, None if value is None else (value if isinstance(value, str) else json.dumps(value)),
+                 step, ts if ts is not None else int(time.time() * 1000)),
+            )
+        except sqlite3.Error as e:
+            self.failed += 1
+            if self.failed == 1 or self.failed % 10000 == 0:
+                log.error("tracking spool %s: a write failed (%s): %d record(s) lost so far; free space on the "
+                          "site's volume, spooling resumes by itself", self.path, e, self.failed)
+            self.failures.record(self.failed, e)
+            return False
         self.last_seq = cur.lastrowid
+        if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
+            try:
+                _set_meta(self.db, failed=self.failed)
+                self.failures.clear(self.failed)
+            except sqlite3.Error:
+                pass
         return True
 
     def close(self, status: str = "FINISHED"):
         """The job ended: spool the run's final status; the forwarder sets it after the last record."""
         if self.closed:
             return
-        self.append("end", "status", status)
-        _set_meta(self.db, closed=1, refused=self.refused)
-        self.db.close()
+        if not self.append("end", "status", status):
+            log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
+                      "forwarder marks the run FAILED", self.path, status)
+        elif self.db is not None:
+            try:
+                _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
+            except sqlite3.Error:
+                pass
+        if self.db is not None:
+            self.db.close()
         self.closed = True
+
+
+class FailureLog:
+    """Failed spool writes of one job, kept where a full spool volume cannot stop them: a small
+    file in the temp folder (a tmpfs in the site's container), read by `status` and the healthcheck."""
+
+    def __init__(self, spool_dir: str, job_key: str):
+        self.spool_dir = os.path.abspath(spool_dir)
+        self.job = job_key
+        folder = os.path.join(tempfile.gettempdir(), "fedtrack-spool-failures")
+        self.path = os.path.join(folder, hashlib.sha1(self.spool_dir.encode()).hexdigest()[:16] + "-" + job_key + ".json")
+        self.open = False
+        self._written = 0.0
+
+    def record(self, failed: int, error: Exception = None):
+        self.open = True
+        now = time.monotonic()
+        if error is None and now - self._written < 1.0:
+            return  # at most one write a second while every log call fails
+        self._written = now
+        self._write({"spool": self.spool_dir, "job": self.job, "failed": failed, "failing": True,
+                     "error": str(error) if error else None, "at": int(time.time())})
+
+    def clear(self, failed: int):
+        self.open = False
+        self._write({"spool": self.spool_dir, "job": self.job, "failed": failed, "failing": False, "error": None, "at": int(time.time())})
+
+    def _write(self, state: dict):
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # the temp folder itself is full: the count still reaches the spool when it can
+
+    @staticmethod
+    def read(spool_dir: str) -> list:
+        folder = os.path.join(tempfile.gettempdir(), "fedtrack-spool-failures")
+        prefix = hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:16] + "-"
+        states = []
+        for path in glob.glob(os.path.join(folder, prefix + "*.json")):
+            try:
+                with open(path) as f:
+                    states.append(json.load(f))
+            except (OSError, ValueError):
+                pass
+        return states
 
 
 # ------------------------------------------------------------------------------------ forwarder
@@ -204,6 +315,8 @@ class Delivery:
         from mlflow.entities import Metric, Param, RunTag
 
         meta = _meta(self.db)
+        if "tracking_uri" not in meta:
+            return False  # its writer has not set it up yet (a full volume): nothing spooled, nothing to do
         rows = self.db.execute("SELECT seq, kind, key, value, step, ts FROM records ORDER BY seq LIMIT ?", (BATCH,)).fetchall()
         if not rows:
             if meta.get("closed") == "1":
@@ -234,6 +347,9 @@ class Delivery:
                 last = seq
                 break
             elif kind == "end":
+                failed, refused = int(meta.get("failed", 0)), int(meta.get("refused", 0))
+                if failed or refused:  # the run says itself that it is not complete
+                    client.set_tag(run_id, "records_lost", f"{failed} failed spool write(s), {refused} refused (spool full)")
                 client.set_terminated(run_id, status=value, end_time=ts)
                 last = seq
                 break
@@ -250,9 +366,10 @@ class Delivery:
         self.db.execute("DELETE FROM records WHERE seq <= ?", (last_seq,))
 
     def counts(self) -> tuple:
+        """(undelivered, refused, failed) records of this job's spool."""
         meta = _meta(self.db)
         pending = self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        return pending, int(meta.get("refused", 0))
+        return pending, int(meta.get("refused", 0)), int(meta.get("failed", 0))
 
 
 def check_destination(uri: str):
@@ -286,6 +403,7 @@ def describe_failure(e: Exception) -> str:
 
 
 def _lock(spool_dir: str):
+    """The site's forwarder lock (held by the one forwarder that delivers spool_dir), or None."""
     fd = os.open(os.path.join(spool_dir, FORWARDER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -293,6 +411,22 @@ def _lock(spool_dir: str):
     except BlockingIOError:
         os.close(fd)
         return None
+
+
+def forwarder_pid(spool_dir: str):
+    """The pid of the forwarder delivering spool_dir, or None when none runs."""
+    try:
+        fd = os.open(os.path.join(spool_dir, FORWARDER_LOCK), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # the lock is free: no forwarder
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)
 
 
 def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
@@ -310,14 +444,28 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 time.sleep(5)
                 continue
             return 0  # another forwarder serves this site
-        deliveries = {}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)  # who holds it: forwarder_pid()
+        deliveries, unopened = {}, {}
         idle_since = time.monotonic()
         try:
             while True:
+                if not os.path.isdir(spool_dir):  # removed (a finished simulation, a cleaned site): nothing to keep
+                    log.info("%s is gone; %d undelivered job spool(s) went with it; exiting", spool_dir, len(deliveries))
+                    return 0
                 paths = sorted(glob.glob(os.path.join(spool_dir, "*" + SUFFIX)))
                 for path in paths:
                     if path not in deliveries:
-                        deliveries[path] = Delivery(path)
+                        if time.monotonic() < unopened.get(path, 0):
+                            continue
+                        try:
+                            deliveries[path] = Delivery(path)
+                        except sqlite3.Error as e:  # e.g. a spool its writer could not set up on a full volume
+                            if path not in unopened:
+                                log.warning("%s: cannot open it yet (%s); trying again every 10 s", path, e)
+                            unopened[path] = time.monotonic() + 10
+                            continue
+                        unopened.pop(path, None)
                     d = deliveries[path]
                     if time.monotonic() < d.next_try:
                         continue
@@ -344,8 +492,6 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 busy = any(d.counts()[0] for d in deliveries.values())
                 if deliveries:
                     idle_since = time.monotonic()
-                elif not os.path.isdir(spool_dir):
-                    break
                 elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
                 time.sleep(0 if busy and not any(d.failures for d in deliveries.values()) else POLL)
@@ -356,6 +502,23 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
         # Released: a spool that appeared meanwhile keeps this forwarder (or the new one) going.
         if not glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):  # none left, or spool_dir is gone
             return 0
+
+
+def stop_forwarder(spool_dir: str, timeout: float = 10.0) -> bool:
+    """Stop the forwarder of spool_dir, if one runs (what it has not delivered stays spooled)."""
+    import signal
+
+    pid = forwarder_pid(spool_dir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while forwarder_pid(spool_dir) == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
 
 
 def start_forwarder(spool_dir: str, log_path: str = None) -> None:
@@ -371,25 +534,49 @@ def start_forwarder(spool_dir: str, log_path: str = None) -> None:
     )
 
 
-def status(spool_dir: str) -> str:
-    pending = refused = jobs = 0
+def counts(spool_dir: str) -> dict:
+    """Undelivered, refused and failed records of every job spooled in spool_dir, and whether
+    spool writes are failing now (from the failure log, which a full volume cannot stop)."""
+    out = {"pending": 0, "refused": 0, "failed": 0, "jobs": 0, "failing": None}
+    failed = {}
     for path in glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
         d = Delivery(path)
         try:
-            p, r = d.counts()
+            p, r, f = d.counts()
         finally:
             d.close()
-        pending, refused, jobs = pending + p, refused + r, jobs + 1
-    return f"{pending} record(s) spooled and undelivered in {jobs} job spool(s), {refused} refused (spool full)"
+        out["pending"] += p
+        out["refused"] += r
+        out["jobs"] += 1
+        failed[os.path.basename(path)[: -len(SUFFIX)]] = f
+    for state in FailureLog.read(spool_dir):
+        job = state.get("job", "?")
+        failed[job] = max(failed.get(job, 0), int(state.get("failed", 0)))
+        if state.get("failing"):
+            out["failing"] = state.get("error") or "spool writes fail"
+    out["failed"] = sum(failed.values())
+    return out
+
+
+def status(spool_dir: str) -> str:
+    c = counts(spool_dir)
+    line = (f"{c['pending']} record(s) spooled and undelivered in {c['jobs']} job spool(s), "
+            f"{c['refused']} refused (spool full), {c['failed']} lost (spool write failed)")
+    if c["failing"]:
+        line += f"; spool writes are FAILING now ({c['failing']}): free space on the site's volume"
+    return line
 
 
 def main(argv) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if len(argv) != 2 or argv[0] not in ("serve", "forward", "status"):
+    if len(argv) != 2 or argv[0] not in ("serve", "forward", "status", "count"):
         print(__doc__.split("\n\n")[-1], file=sys.stderr)
         return 2
-    if argv[0] == "status":
-        print(status(argv[1]) if os.path.isdir(argv[1]) else "0 record(s) spooled (no spool yet)")
+    if argv[0] in ("status", "count"):
+        if not os.path.isdir(argv[1]):
+            print("0" if argv[0] == "count" else "0 record(s) spooled (no spool yet)")
+        else:
+            print(counts(argv[1])["pending"] if argv[0] == "count" else status(argv[1]))
         return 0
     if argv[0] == "serve":
         os.makedirs(argv[1], exist_ok=True)

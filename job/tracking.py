@@ -13,7 +13,9 @@ Compared with nvflare's stock MLflowReceiver it also:
   the site, not by the job), so a job cannot point a site's metrics anywhere else;
 - creates the experiment without a client-side `file://` artifact location, so artifacts are
   stored and served by the site's server (`mlflow-artifacts:/...`);
-- tags each run `site` and `job_id`, and sets the run's real final status when the job ends.
+- tags each run `site` and `job_id`, and ends it with the job's real outcome (outcome.py):
+  FINISHED only when the server reports the run complete, KILLED when it was aborted, FAILED
+  otherwise (and, by the forwarder, when the job's process died without closing the spool).
 """
 
 import json
@@ -26,10 +28,13 @@ from typing import List, Optional
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsData, AnalyticsDataType, LogWriterName
 from nvflare.apis.dxo import from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 
+import outcome
 from spool import DEFAULT_MAX_RECORDS, SpoolWriter, check_destination, start_forwarder
 
 SPOOL_DIR = "tracking-spool"
@@ -74,6 +79,8 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         self.writer = None
         self.spool_dir = None
         self._last_check = 0.0
+        self.server_says = None  # how the server's run ended (outcome.RunOutcome), if it told us
+        self.aborted = self.fatal = False
 
     def initialize(self, fl_ctx: FLContext):
         identity = fl_ctx.get_identity_name()
@@ -102,7 +109,19 @@ class SiteMLflowReceiver(AnalyticsReceiver):
             max_records=self.max_spooled_records,
         )
         self._ensure_forwarder()
+        fl_ctx.get_engine().register_aux_message_handler(outcome.TOPIC, self._take_outcome)
         self.log_info(fl_ctx, f"tracking {self.site} to {self.tracking_uri} through the spool in {self.spool_dir}")
+
+    def _take_outcome(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
+        self.server_says = request.get(outcome.STATUS_KEY)
+        return make_reply(ReturnCode.OK)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.ABORT_TASK and fl_ctx.get_prop(FLContextKey.RUN_ABORT_REQUESTED):
+            self.aborted = True
+        elif event_type == EventType.FATAL_SYSTEM_ERROR:
+            self.fatal = True
+        super().handle_event(event_type, fl_ctx)
 
     def _ensure_forwarder(self):
         self._last_check = time.monotonic()
@@ -136,5 +155,8 @@ class SiteMLflowReceiver(AnalyticsReceiver):
 
     def finalize(self, fl_ctx: FLContext):
         if self.writer:
-            self.writer.close("FINISHED")
+            status = outcome.site_status(self.server_says, self.aborted, self.fatal)
+            self.log_info(fl_ctx, f"the run ends {status} at {self.site} (server: {self.server_says or 'no word'}, "
+                                  f"aborted: {self.aborted})")
+            self.writer.close(status)
             self._ensure_forwarder()

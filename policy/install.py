@@ -11,7 +11,8 @@ and versioned with the image and overrides the kit's defaults (local/*.json wins
 - resources.json: only the component classes this project's job uses may be built from a job's
   configuration (nvflare's allow list; the default list would let a config-only job add, e.g.,
   ConvertToFedEvent, which forwards every metric to the server); log streaming to the server is
-  off and the site log streamer is removed; the server keeps its job store on its volume.
+  off and the site log streamer is removed; the server keeps its job store on its volume, and
+  marks the jobs a restart interrupted ABANDONED (job/outcome.py).
 """
 
 import json
@@ -34,7 +35,10 @@ SERVER_CLASSES = [
     "nvflare.app_opt.pt.file_model_locator.PTFileModelLocator",
     "model.SimpleNetwork",
     "privacy.MetricLeakGuard",
+    "outcome.RunOutcome",
 ]
+# The server's own: at its start, jobs a restart left RUNNING are marked ABANDONED (job/outcome.py).
+SERVER_SYSTEM_COMPONENTS = [{"id": "abandon_unfinished_jobs", "path": "outcome.AbandonUnfinishedJobs", "args": {}}]
 
 
 def resources(default: dict, is_server: bool, workspace: str) -> dict:
@@ -45,6 +49,7 @@ def resources(default: dict, is_server: bool, workspace: str) -> dict:
     out["components"] = [c for c in default.get("components", []) if not c.get("path", "").endswith("SiteLogStreamer")]
     if is_server:  # the job store and snapshots live on the server's volume, not in the container's /tmp
         out = json.loads(json.dumps(out).replace("/tmp/nvflare", os.path.join(workspace, "store")))
+        out["components"] += SERVER_SYSTEM_COMPONENTS
     return out
 
 

@@ -194,14 +194,27 @@ def main():
     args = p.parse_args()
     n = 200 if args.quick else 1000
     with tempfile.TemporaryDirectory() as tmp:
-        server = MLflowServer("site-1", tmp + "/mlflow").start()
         try:
-            bench_per_call(server, tmp, n)
-            bench_latency(server, tmp, 20 if args.quick else 100)
-            bench_throughput(server, tmp, 20000 if args.quick else 100000)
+            server = MLflowServer("site-1", tmp + "/mlflow").start()
+            try:
+                bench_per_call(server, tmp, n)
+                bench_latency(server, tmp, 20 if args.quick else 100)
+                bench_throughput(server, tmp, 20000 if args.quick else 100000)
+            finally:
+                server.stop()
+            bench_rounds(tmp, 3 if args.quick else 5)
         finally:
-            server.stop()
-        bench_rounds(tmp, 3 if args.quick else 5)
+            print(f"stopped {stop_forwarders(tmp)} forwarder(s) this benchmark started")
+
+
+def stop_forwarders(root: str) -> int:
+    """Stop every forwarder delivering a spool under root (the "server down" ones retry forever)."""
+    import glob
+
+    from spool import FORWARDER_LOCK, stop_forwarder
+
+    return sum(stop_forwarder(os.path.dirname(lock))
+               for lock in glob.glob(os.path.join(root, "**", FORWARDER_LOCK), recursive=True))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import time
 
 KIT = os.environ.get("KIT", "/kit")
 TERMINAL = ("FINISHED", "ABORTED", "FAILED")
+COMPLETED = "FINISHED:COMPLETED"
+END_REASON = "fedtrack_end_reason"  # set by the server on jobs it could not finish (job/outcome.py)
 
 
 def session():
@@ -36,8 +38,16 @@ def cmd_status(sess, args) -> int:
     print(f"server engine: {info.server_info.status}")
     print("clients: " + (", ".join(sorted(c.name for c in info.client_info)) or "none registered"))
     for job in jobs(sess)[: args.limit]:
-        print(f"job {job['job_id']} {job.get('job_name', job.get('name', ''))} {job['status']}")
+        print(f"job {job['job_id']} {job.get('job_name', job.get('name', ''))} {job['status']}{reason(sess, job)}")
     return 0
+
+
+def reason(sess, job: dict) -> str:
+    """': <why>' for a job that ended without completing, when the server recorded why."""
+    if job["status"] == COMPLETED or not job["status"].startswith(TERMINAL):
+        return ""
+    why = job.get(END_REASON) or sess.get_job_meta(job["job_id"]).get(END_REASON)
+    return f": {why}" if why else ""
 
 
 def cmd_clients(sess, args) -> int:
@@ -56,24 +66,59 @@ def cmd_active(sess, args) -> int:
 
 
 def cmd_wait(sess, args) -> int:
+    own = [sess]  # the sessions this wait opens after losing the server are closed here
+    try:
+        return _wait(own, args)
+    finally:
+        if own[0] is not sess:
+            own[0].close()
+
+
+def _wait(own: list, args) -> int:
+    sess = own[0]
     all_jobs = jobs(sess)
     if not all_jobs:
         print("error: no job has been submitted; run `make up`", file=sys.stderr)
         return 2
     job_id = args.job_id or all_jobs[0]["job_id"]
     deadline = time.monotonic() + args.timeout
-    last = None
+    last = lost = None
     while True:
-        status = sess.get_job_status(job_id)
-        if status != last:
+        try:
+            status = sess.get_job_status(job_id)
+        except Exception as e:  # noqa: BLE001 - the server restarts or is down: wait for it, with a new session
+            if not lost:
+                print(f"lost the FL server ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); waiting for it",
+                      flush=True)
+            lost = True
+            status = None
+            sess = own[0] = reconnect(sess)
+        else:
+            lost = False
+        if status and status != last:
             print(f"job {job_id} {status}", flush=True)
             last = status
         if status and status.startswith(TERMINAL):
-            return 0 if status == "FINISHED:COMPLETED" else 1
+            if status == COMPLETED:
+                return 0
+            print(f"error: job {job_id} did not complete: {status}{reason(sess, {'job_id': job_id, 'status': status})}",
+                  file=sys.stderr)
+            return 1
         if time.monotonic() > deadline:
-            print(f"error: job {job_id} still {status} after {args.timeout:.0f} s", file=sys.stderr)
+            print(f"error: job {job_id} still {status or last} after {args.timeout:.0f} s", file=sys.stderr)
             return 1
         time.sleep(3)
+
+
+def reconnect(sess):
+    try:
+        sess.close()
+    except Exception:  # noqa: BLE001 - a broken session may fail to close; a new one replaces it
+        pass
+    try:
+        return session()
+    except Exception:  # noqa: BLE001 - still down: the caller retries
+        return sess
 
 
 def main() -> int:

@@ -1,12 +1,36 @@
 #!/usr/bin/env bash
 # `make up`: images, kits, services (waiting until healthy and both clients registered), then the
 # job, unless a job of the same name is still running. Returns while the job trains.
+# `up.sh --check` only checks the knobs (make check, run before anything is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:?}" "${DATASET:?}"
 : "${MLFLOW_SITE1_PORT:?}" "${MLFLOW_SITE2_PORT:?}"
 compose() { $COMPOSE "$@"; }
 admin() { compose run --rm -T admin "$@"; }
+
+# Bad input is one line saying what to fix, before anything is built or started (`make check`).
+check_input() {
+  local var value seen=" "
+  [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 10000 ] \
+    || die "ROUNDS=$ROUNDS: give a whole number of rounds from 1 to 10000"
+  case "$DATASET" in digits|cifar10) ;; *) die "DATASET=$DATASET: use digits (bundled) or cifar10";; esac
+  [[ "$JOB_NAME" =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || die "JOB_NAME=$JOB_NAME: use lowercase letters, digits, '-' and '_'"
+  [[ "${TORCH_THREADS:-0}" =~ ^[0-9]+$ ]] || die "TORCH_THREADS=$TORCH_THREADS: give a whole number (0: torch's default)"
+  for var in MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT; do
+    value=${!var}
+    [[ "$value" =~ ^[0-9]+$ ]] && [ "$value" -ge 1 ] && [ "$value" -le 65535 ] \
+      || die "$var=$value: give a port from 1 to 65535"
+    [[ "$seen" != *" $value "* ]] || die "$var=$value: another site's MLflow already uses port $value; give each site its own"
+    seen+="$value "
+  done
+  if [ "$DATASET" = cifar10 ] && [ ! -f "${DATA_DIR:-./data}/cifar-10-batches-py/batches.meta" ]; then
+    die "CIFAR-10 not found in ${DATA_DIR:-./data}: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there, or set DATASET=digits"
+  fi
+}
+die() { echo "error: $*" >&2; exit 2; }
+check_input
+[ "${1:-}" != --check ] || exit 0
 
 for site in 1 2; do
   port_var=MLFLOW_SITE${site}_PORT; port=${!port_var}
@@ -17,10 +41,6 @@ for site in 1 2; do
     exit 1
   fi
 done
-if [ "$DATASET" = cifar10 ] && [ ! -f "${DATA_DIR:-./data}/cifar-10-batches-py/batches.meta" ]; then
-  echo "error: CIFAR-10 not found in ${DATA_DIR:-./data}: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there, or set DATASET=digits" >&2
-  exit 1
-fi
 mkdir -p "${DATA_DIR:-./data}"
 
 compose run --rm -T provision

@@ -10,9 +10,10 @@ SITES = ("site-1", "site-2")
 METRICS = ("train_loss", "accuracy", "local_accuracy")
 
 
-def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None, wait: float = 120) -> dict:
-    """The one run of `site` for this job in `experiment` on the site's own server, once it is
-    FINISHED (the site's forwarder delivers asynchronously: wait up to `wait` seconds)."""
+def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None, wait: float = 120,
+             until: tuple = ("FINISHED",)) -> dict:
+    """The one run of `site` for this job in `experiment` on the site's own server, once its status
+    is in `until` (the site's forwarder delivers asynchronously: wait up to `wait` seconds)."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -22,7 +23,7 @@ def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None,
             exp, runs = None, []
         if job_id:
             runs = [r for r in runs if tags(r).get("job_id") == job_id]
-        if (len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED") or time.monotonic() > deadline:
+        if (len(runs) == 1 and runs[0]["info"]["status"] in until) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert exp is not None, f"{site}: experiment {experiment} missing on {server.uri}"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from support import BIN, free_port, run_job
+from support import BIN, ROOT, free_port, run_job
 
 GOOD = ["--site", "site-1=http://127.0.0.1:1", "--site", "site-2=http://127.0.0.1:2"]
 
@@ -95,3 +95,37 @@ def test_an_admin_kit_without_its_key(kits, tmp_path):
 def test_a_kit_of_another_user(kits):
     one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(kits / "admin@fedtrack.local"),
                            "--username", "someone@else.org"), "belongs to admin@fedtrack.local")
+
+
+# --------------------------------------------------------------------------- make up's knobs
+
+
+@pytest.mark.parametrize(
+    "knobs, expected",
+    [
+        (["ROUNDS=0"], ["ROUNDS=0", "from 1 to 10000"]),
+        (["ROUNDS=five"], ["ROUNDS=five", "whole number"]),
+        (["DATASET=mnist"], ["DATASET=mnist", "digits", "cifar10"]),
+        (["MLFLOW_SITE1_PORT=6000", "MLFLOW_SITE2_PORT=6000"], ["MLFLOW_SITE2_PORT=6000", "own"]),
+        (["MLFLOW_SITE1_PORT=70000"], ["MLFLOW_SITE1_PORT=70000", "1 to 65535"]),
+        (["MLFLOW_SITE2_PORT=0"], ["MLFLOW_SITE2_PORT=0", "1 to 65535"]),
+        (["JOB_NAME=My Job"], ["JOB_NAME=My Job"]),
+    ],
+)
+def test_make_up_refuses_bad_knobs_before_anything_starts(knobs, expected, tmp_path):
+    """`make up` checks its knobs first: no image build, no container, no docker call at all (a
+    `docker` first on PATH records any call)."""
+    calls = tmp_path / "docker-calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 1\n")
+    (fake / "docker").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    result = subprocess.run(["make", "--no-print-directory", "-s", "up", *knobs], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("make")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not calls.exists(), f"docker was called: {calls.read_text()}"

@@ -7,7 +7,9 @@ FINISHED, and training must never stall on tracking."""
 
 import logging
 import os
+import re
 import socket
+import subprocess
 import statistics
 import sys
 import threading
@@ -21,7 +23,7 @@ from support import ROOT, MLflowServer, free_port, run_job, wait_until
 
 sys.path.insert(0, os.path.join(ROOT, "job"))
 from data import digits_indices  # noqa: E402
-from spool import Delivery, SpoolWriter, forward, status  # noqa: E402
+from spool import Delivery, SpoolWriter, counts, forward, forwarder_pid, status  # noqa: E402
 
 ROUNDS = 8
 EPOCHS = 10
@@ -143,6 +145,13 @@ def test_server_down_at_start_and_up_only_after_the_job_ends(tmp_path):
         site2 = delivered_run(other.uri, name, "site-2")
         spool_dir = tmp_path / "ws" / name / "site-1" / "tracking-spool"
         assert "0 record(s) spooled" not in status(str(spool_dir)), "site-1's records should wait in its spool"
+        # The job ends by saying what is left, and which forwarder keeps delivering it.
+        report = re.search(r"site-1: (\d+) record\(s\) not yet delivered to \S+; forwarder pid (\d+) keeps delivering",
+                           result.stdout)
+        assert report, result.stdout[-2000:]
+        assert int(report.group(1)) == counts(str(spool_dir))["pending"] > 0
+        assert int(report.group(2)) == forwarder_pid(str(spool_dir)), "the pid printed is not the site's forwarder"
+        assert "site-2: every record delivered" in result.stdout
         late.start()  # after the job ended: the site's forwarder delivers everything now
         site1 = delivered_run(late.uri, name, "site-1", timeout=180)
         assert site1["run"]["info"]["end_time"] > site1["run"]["info"]["start_time"]
@@ -289,7 +298,55 @@ def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, ca
     assert accepted == [True] * 10 + [False] * 5
     assert any("is full (10 undelivered records, limit 10)" in r.getMessage() for r in caplog.records)
     w.close()  # the final status still goes in
-    assert status(str(tmp_path / "spool")) == "11 record(s) spooled and undelivered in 1 job spool(s), 5 refused (spool full)"
+    assert status(str(tmp_path / "spool")) == ("11 record(s) spooled and undelivered in 1 job spool(s), 5 refused "
+                                               "(spool full), 0 lost (spool write failed)")
+
+
+def test_a_failed_spool_write_is_counted_keeps_the_rest_and_resumes(tmp_path):
+    """SQLite's own "database or disk is full" (its page limit lowered to what the spool holds):
+    the failed records are counted, shown by `status` while it lasts, and spooling resumes."""
+    spool_dir = str(tmp_path / "spool")
+    w = new_spool(tmp_path, "http://127.0.0.1:1", "disk-full")
+    for i in range(100):
+        assert w.append("metric", "m", float(i), i)
+    pages = w.db.execute("PRAGMA page_count").fetchone()[0]
+    w.db.execute(f"PRAGMA max_page_count = {pages}")
+    accepted = [w.append("metric", "m", float(i), i) for i in range(100, 3000)]
+    failed = accepted.count(False)
+    assert failed > 0 and w.failed == failed
+    line = status(spool_dir)
+    assert f"{failed} lost (spool write failed)" in line and "FAILING now" in line, line
+    w.db.execute("PRAGMA max_page_count = 1073741823")  # space returns
+    assert w.append("metric", "m", 9999.0, 9999)
+    w.close()
+    c = counts(spool_dir)
+    assert c["pending"] == accepted.count(True) + 100 + 2  # + the record after recovery + the final status
+    assert c["failed"] == failed and c["failing"] is None, c
+    assert "FAILING" not in status(spool_dir)
+
+
+def test_a_forwarder_exits_soon_after_its_spool_folder_is_removed(tmp_path):
+    """Even while it retries a server that is down, with undelivered records."""
+    spool_dir = str(tmp_path / "spool")
+    w = new_spool(tmp_path, f"http://127.0.0.1:{free_port()}", "orphan")
+    w.append("metric", "m", 1.0, 0)
+    w.close()
+    fwd = subprocess.Popen([sys.executable, os.path.join(ROOT, "job", "spool.py"), "forward", spool_dir],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: forwarder_pid(spool_dir) == fwd.pid, 30, "the forwarder to take the spool")
+        time.sleep(2)  # it has failed at least once and is backing off
+        assert fwd.poll() is None
+        import shutil
+
+        shutil.rmtree(spool_dir)
+        t0 = time.monotonic()
+        out, _ = fwd.communicate(timeout=60)  # a stall detector: it takes well under a second
+        print(f"\nthe forwarder exited {time.monotonic() - t0:.2f} s after its spool folder was removed")
+        assert fwd.returncode == 0 and "is gone" in out, out[-2000:]
+    finally:
+        if fwd.poll() is None:
+            fwd.kill()
 
 
 def test_a_deployed_site_delivers_only_to_its_own_server(mlflow_servers, tmp_path, monkeypatch):

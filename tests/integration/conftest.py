@@ -12,6 +12,14 @@ from mlflow_rest import MLflowREST
 from support import ROOT, free_port
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that break the shared stack on purpose (marker `faults`) run after the other Docker tests."""
+    faults = [i for i in items if i.get_closest_marker("faults")]
+    rest = [i for i in items if not i.get_closest_marker("faults")]
+    last_docker = max((n for n, i in enumerate(rest) if i.get_closest_marker("docker")), default=len(rest) - 1)
+    items[:] = rest[: last_docker + 1] + faults + rest[last_docker + 1:]
+
+
 class Stack:
     def __init__(self, root: str):
         self.name = f"fedtrack-test-{os.getpid()}"
@@ -51,6 +59,15 @@ class Stack:
         """A command in the admin container (FL network only, the admin kit at /kit)."""
         return self.compose("--profile", "admin", "run", "--rm", "-T", "admin", *args, check=check, timeout=timeout)
 
+    def admin_python(self, code: str, *args) -> str:
+        """Run `code` with an admin session `sess` (the image's scripts/flare_admin.py) in the admin
+        container; its standard output."""
+        body = "\n".join("    " + line for line in code.strip("\n").splitlines())
+        script = ("import json, os, sys\nsys.path.insert(0, 'scripts')\nfrom flare_admin import session\nsess = session()\n"
+                  f"try:\n{body}\nfinally:\n    sess.close()\n"
+                  "    sys.stdout.flush()\n    os._exit(0)\n")  # the session's threads would keep it alive
+        return self.admin("python3", "-c", script, *args).stdout
+
     def make(self, target: str, timeout: float = 3600, check: bool = True, extra: list = ()) -> subprocess.CompletedProcess:
         result = subprocess.run(["make", "--no-print-directory", target, *self.vars, *extra], cwd=ROOT,
                                 capture_output=True, text=True, timeout=timeout)
@@ -88,7 +105,7 @@ def stack(tmp_path_factory):
     finally:
         if failed or os.environ.get("FEDTRACK_DUMP_LOGS"):
             print(s.compose("--profile", "admin", "logs", "--no-color", "--tail", "300", check=False).stdout[-20000:])
-        s.make("clean", check=False)
+        s.make("clean", check=False, extra=["CONFIRM=yes", "DISCARD_UNDELIVERED=yes"])
         leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={s.name}"],
                                    capture_output=True, text=True).stdout.split()
         if leftovers:

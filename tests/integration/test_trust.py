@@ -26,21 +26,6 @@ pytestmark = pytest.mark.docker
 SERVICES = ("server", *SITES, *(f"mlflow-{s}" for s in SITES))
 FLARE_IMAGE = f"fedtrack/flare:{os.environ.get('NVFLARE_VERSION', '2.9.0')}"  # `make test` sets the pins
 MLFLOW_IMAGE = f"fedtrack/mlflow:{os.environ.get('MLFLOW_VERSION', '3.17.2')}"
-# The admin container's own session helper (the image's scripts/flare_admin.py), as `sess`.
-ADMIN_SESSION = """
-import json, sys
-sys.path.insert(0, "scripts")
-from flare_admin import session
-sess = session()
-"""
-
-
-def admin_python(stack, code: str, *args) -> str:
-    """Run `code` with an admin session `sess` in the admin container; its standard output."""
-    body = "\n".join("    " + line for line in code.strip("\n").splitlines())
-    script = (f"import os\n{ADMIN_SESSION}\ntry:\n{body}\nfinally:\n    sess.close()\n"
-              "    sys.stdout.flush()\n    os._exit(0)\n")  # the session's threads would keep it alive
-    return stack.admin("python3", "-c", script, *args).stdout
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +56,7 @@ for site in sys.argv[1:]:
         except AuthorizationError:
             print(site, name, "refused")
 """
-    out = admin_python(stack, code, *SITES).split("\n")
+    out = stack.admin_python(code, *SITES).split("\n")
     results = [line for line in out if line.strip()]
     assert len(results) == 5 * len(SITES), out
     assert all(line.endswith("refused") for line in results), results
@@ -122,7 +107,7 @@ for _ in range(100):
 print("STATUS", status)
 print("DETAIL", json.dumps(sess.get_job_meta(job_id).get("job_deploy_detail")))
 """
-    out = admin_python(stack, code)
+    out = stack.admin_python(code)
     assert "STATUS FINISHED:FAILED_TO_RUN" in out, out
     detail = json.loads(out.split("DETAIL ", 1)[1].splitlines()[0])
     for site in SITES:
@@ -153,7 +138,7 @@ for call in (lambda: sess.get_job_logs(job_id), lambda: sess.show_errors(job_id,
     except Exception as e:
         print("REFUSED", type(e).__name__)
 """
-    out = admin_python(stack, code, finished_job["job_id"])
+    out = stack.admin_python(code, finished_job["job_id"])
     assert "FILE " in out, out[-2000:]  # the download worked and was read
     leaked = sorted(n for n in needles if n in out)
     assert not leaked, f"metric values the admin could obtain: {leaked[:5]}"

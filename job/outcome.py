@@ -1,0 +1,95 @@
+"""Every job ends in a true state, at the server and in each site's MLflow run.
+
+- `RunOutcome` (a server component of the job): when the server's run ends it tells each site
+  how (FINISHED: the workflow ran to its end; FAILED: a fatal error; KILLED: the run was aborted),
+  before nvflare asks the sites to end the run. Only this word travels, never a metric. It also
+  fails the run at once when a site has lost its part of the job (its process died or its host
+  restarted), instead of leaving FedAvg waiting for that site's result forever.
+- `AbandonUnfinishedJobs` (a system component of the server, installed by policy/install.py):
+  nvflare 2.9 cannot resume a job after a server restart and leaves it RUNNING forever; at the
+  server's start, every job still marked RUNNING or DISPATCHED is marked FINISHED:ABANDONED,
+  with the reason in its meta (END_REASON), so waits end and new jobs can be submitted.
+
+Each site's receiver (tracking.py) turns what it saw into its run's final status (`site_status`).
+"""
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+TOPIC = "fedtrack.run_outcome"
+STATUS_KEY = "status"
+END_REASON = "fedtrack_end_reason"  # job meta key: why the server ended a job it could not finish
+RESTART_REASON = "the FL server restarted while the job ran; nvflare 2.9 cannot resume it"
+NOTIFY_TIMEOUT = 10.0  # seconds the server waits for the sites to take the outcome
+
+
+def site_status(server_says: str = None, aborted: bool = False, fatal: bool = False) -> str:
+    """A site's run status from what its job process saw when the run ended.
+
+    server_says: the outcome RunOutcome sent (None if none arrived); aborted: the run was ended
+    by an abort command (an admin's abort_job, or a server that no longer runs the job); fatal:
+    a fatal error at this site. Anything but a run the server reports complete is not FINISHED.
+    """
+    if fatal:
+        return "FAILED"
+    if server_says in ("FINISHED", "FAILED", "KILLED"):
+        return server_says
+    return "KILLED" if aborted else "FAILED"
+
+
+class RunOutcome(FLComponent):
+    def __init__(self):
+        super().__init__()
+        self.fatal = None
+        self.sites = set()
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.START_RUN:
+            self.sites = {c.name for c in (fl_ctx.get_engine().get_participating_clients() or {}).values()}
+        elif event_type == EventType.FATAL_SYSTEM_ERROR:
+            self.fatal = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "fatal error")
+        elif event_type == EventType.CLIENT_DISCONNECTED:
+            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+            if site in self.sites and not self.fatal:
+                self.system_panic(f"site {site} lost its part of the job; the round cannot complete", fl_ctx)
+        elif event_type == EventType.ABOUT_TO_END_RUN:
+            self._notify(fl_ctx)
+
+    def outcome(self, fl_ctx: FLContext) -> str:
+        if self.fatal:
+            return "FAILED"
+        signal = fl_ctx.get_prop(ReservedKey.RUN_ABORT_SIGNAL)
+        return "KILLED" if signal is not None and signal.triggered else "FINISHED"
+
+    def _notify(self, fl_ctx: FLContext):
+        status = self.outcome(fl_ctx)
+        request = Shareable()
+        request[STATUS_KEY] = status
+        self.log_info(fl_ctx, f"the run ends {status}" + (f" ({self.fatal})" if self.fatal else "") + "; telling the sites")
+        try:
+            fl_ctx.get_engine().send_aux_request(
+                targets=None, topic=TOPIC, request=request, timeout=NOTIFY_TIMEOUT, fl_ctx=fl_ctx, optional=True
+            )
+        except Exception as e:  # noqa: BLE001 - a site that cannot be told ends its run by its own rule
+            self.log_warning(fl_ctx, f"could not tell the sites the run's outcome: {e}")
+
+
+class AbandonUnfinishedJobs(FLComponent):
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type != EventType.SYSTEM_START:
+            return
+        from nvflare.apis.job_def import RunStatus
+        from nvflare.apis.fl_constant import SystemComponents
+
+        engine = fl_ctx.get_engine()
+        jobs = engine.get_component(SystemComponents.JOB_MANAGER)
+        for job in jobs.get_jobs_by_status([RunStatus.RUNNING, RunStatus.DISPATCHED], fl_ctx):
+            try:
+                jobs.update_meta(job.job_id, {END_REASON: RESTART_REASON}, fl_ctx)
+                jobs.set_status(job.job_id, RunStatus.ABANDONED, fl_ctx)
+                self.log_warning(fl_ctx, f"job {job.job_id} marked {RunStatus.ABANDONED.value}: {RESTART_REASON}")
+            except Exception as e:  # noqa: BLE001 - one job's store error must not keep the server down
+                self.log_error(fl_ctx, f"could not mark job {job.job_id} abandoned: {e}")

@@ -1,0 +1,226 @@
+"""Faults a deployment meets, on the shared stack (run after the other Docker tests: marker
+`faults`): an admin's abort, a killed client, a full spool volume, a server that stops or restarts,
+and `make clean` while something would be lost. Every job ends in a true state, at the server, in
+`make wait` and in each site's MLflow run; no healthcheck reads a log."""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from checks import SITES, site_run
+from support import ROOT, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.faults]
+
+ENDED = ("FINISHED", "FAILED", "KILLED")
+SMALL_SPOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "small-spool.yml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def idle(stack):
+    """Whatever the stack still runs ends first: each test here starts its own job."""
+    stack.make("wait", timeout=1800, check=False)
+
+
+def submit(stack, name: str, rounds: int) -> str:
+    out = stack.admin("python3", "job/job.py", "--env", "prod", "--startup-kit", "/kit", "--no-wait", "--name", name,
+                      "--rounds", str(rounds), "--data-dir", "/data", "--site", "site-1=http://mlflow-site-1:5000",
+                      "--site", "site-2=http://mlflow-site-2:5000").stdout
+    return re.search(r"submitted job (\S+)", out).group(1)
+
+
+def rounds_begun(stack, site: str, name: str) -> int:
+    """Rounds the site has begun (one `accuracy` point each), as its MLflow shows now."""
+    try:
+        server = stack.mlflow(site)
+        exp = server.experiment_by_name(f"{name}-{site}")
+        runs = server.runs([exp["experiment_id"]]) if exp else []
+        return len(server.history(runs[0]["info"]["run_id"], "accuracy")) if runs else 0
+    except OSError:
+        return 0
+
+
+def wait_for_round(stack, site: str, name: str, rnd: int):
+    wait_until(lambda: rounds_begun(stack, site, name) >= rnd, 600, f"round {rnd} at {site}")
+
+
+def ended_run(stack, site: str, name: str, job_id: str, wait: float = 300) -> dict:
+    return site_run(stack.mlflow(site), f"{name}-{site}", site, job_id, wait=wait, until=ENDED)
+
+
+def health(stack, service: str) -> str:
+    cid = stack.compose("ps", "-q", service).stdout.strip()
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", cid],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def spool_line(stack, site: str) -> str:
+    return stack.compose("exec", "-T", site, "python3", "/opt/fedtrack/job/spool.py", "status",
+                         "/workspace/tracking-spool").stdout.strip()
+
+
+def make_wait_fails(stack, job_id: str, status: str) -> str:
+    result = stack.make("wait", timeout=900, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert f"error: job {job_id} did not complete: {status}" in out, out
+    return out
+
+
+# --------------------------------------------------------------------------- make clean while something would be lost
+
+
+def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_runs_killed(stack):
+    """site-1's MLflow is down, so its spool holds the job's records: `make clean` refuses and
+    removes nothing; an admin's abort_job then ends the job, and both sites' runs end KILLED."""
+    name = f"{stack.job_name}-abort"
+    stack.compose("stop", "mlflow-site-1")
+    try:
+        job_id = submit(stack, name, rounds=30)
+        wait_for_round(stack, "site-2", name, 1)
+        wait_until(lambda: int(stack.compose("exec", "-T", "site-1", "python3", "/opt/fedtrack/job/spool.py", "count",
+                                             "/workspace/tracking-spool").stdout.strip() or 0) > 0, 300,
+                   "records in site-1's spool")
+        volumes = stack.compose("config", "--volumes").stdout.split()
+        refused = stack.make("clean", check=False, extra=["CONFIRM=yes"])
+        assert refused.returncode != 0
+        assert re.search(r"error: undelivered tracking records \(site-1-workspace: \d+\)", refused.stderr), refused.stderr
+        assert "DISCARD_UNDELIVERED=yes" in refused.stderr and "Nothing removed" in refused.stderr
+        mlflow_only = stack.make("clean", check=False, extra=["DISCARD_UNDELIVERED=yes"])
+        assert mlflow_only.returncode != 0 and "make clean CONFIRM=yes" in mlflow_only.stderr, mlflow_only.stderr
+        left = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.name}"],
+                              capture_output=True, text=True).stdout.split()
+        assert sorted(f"{stack.name}_{v}" for v in volumes) == sorted(left), "make clean removed a volume it refused"
+        assert rounds_begun(stack, "site-2", name) >= 1 and stack.compose("ps", "-q", "site-1").stdout.strip()
+
+        stack.admin_python("print(sess.abort_job(sys.argv[1]))", job_id)
+        make_wait_fails(stack, job_id, "FINISHED:ABORTED")
+    finally:
+        stack.compose("start", "mlflow-site-1")
+    for site in SITES:
+        run = ended_run(stack, site, name, job_id)
+        assert run["info"]["status"] == "KILLED", f"{site}: {run['info']}"
+
+
+# --------------------------------------------------------------------------- a client killed mid-job
+
+
+def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(stack):
+    name = f"{stack.job_name}-kill"
+    job_id = submit(stack, name, rounds=30)
+    wait_for_round(stack, "site-1", name, 2)
+    stack.compose("kill", "site-1")
+    killed = time.monotonic()
+    stack.compose("up", "-d", "--no-deps", "site-1")  # back, as a restart policy or a host reboot would bring it
+    out = make_wait_fails(stack, job_id, "FINISHED:")
+    print(f"\nthe job ended {time.monotonic() - killed:.0f} s after site-1's client was killed: {out.strip().splitlines()[-1]}")
+    for site in SITES:
+        run = ended_run(stack, site, name, job_id)
+        assert run["info"]["status"] == "FAILED", f"{site}: {run['info']}"
+        # Nothing logged before the kill is lost, nothing doubled: the global step runs from 0 without a gap.
+        steps = sorted(m["step"] for m in stack.mlflow(site).history(run["info"]["run_id"], "train_loss"))
+        assert steps and steps == list(range(len(steps))), f"{site}: train_loss steps have gaps or repeats"
+    wait_until(lambda: health(stack, "site-1") == "healthy", 300, "site-1 healthy again")
+
+
+# --------------------------------------------------------------------------- a full spool volume
+
+
+def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_resumes(stack):
+    """site-1's spool folder is a 2 MiB tmpfs here (tests/integration/small-spool.yml: never the
+    host's disk), filled before the job: every record fails until the filler is removed in round 2;
+    then spooling resumes, and delivered + counted-as-lost adds up to what the site logged."""
+    files = ["-f", os.path.join(ROOT, "docker-compose.yml"), "-f", SMALL_SPOOL]
+    name = f"{stack.job_name}-full"
+    rounds = 4
+    stack.compose(*files, "up", "-d", "--no-deps", "--wait", "site-1", timeout=600)
+    try:
+        stack.compose("exec", "-T", "site-1", "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
+        wait_until(lambda: health(stack, "site-1") == "unhealthy", 60, "site-1 unhealthy with a full spool")
+        job_id = submit(stack, name, rounds=rounds)
+        wait_for_round(stack, "site-2", name, 2)
+        wait_until(lambda: "FAILING now" in spool_line(stack, "site-1"), 120, "site-1's failed writes in its status")
+        status = stack.make("status").stdout
+        lost_then = int(re.search(r"site-1 tracking spool: .* (\d+) lost \(spool write failed\); spool writes are FAILING now",
+                                  status).group(1))
+        assert lost_then > 0, status
+        stack.compose("exec", "-T", "site-1", "rm", "/workspace/tracking-spool/filler")
+        wait_until(lambda: health(stack, "site-1") == "healthy", 60, "site-1 healthy once space returns")
+        assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=900).stdout
+        run = ended_run(stack, "site-1", name, job_id)
+        site1 = stack.mlflow("site-1")
+        delivered = sum(len(site1.history(run["info"]["run_id"], k)) for k in ("train_loss", "accuracy", "local_accuracy"))
+        lost = int(re.search(r"(\d+) lost \(spool write failed\)", spool_line(stack, "site-1")).group(1))
+        # What site-1 logged: per round one accuracy, one local_accuracy and its train_loss steps (as at site-1 in the stack's first job).
+        first = site_run(site1, f"{stack.job_name}-site-1", "site-1", stack.job_ids[0])
+        steps_per_round = len(site1.history(first["info"]["run_id"], "train_loss")) // stack.rounds
+        params_and_tags = 7  # the params logged at round 0, lost too while the volume was full
+        print(f"\nsite-1: {delivered} points delivered, {lost} records lost (with the full volume: {lost_then})")
+        assert lost >= lost_then and delivered > 0
+        assert delivered + lost == rounds * (steps_per_round + 2) + params_and_tags, (delivered, lost, steps_per_round)
+        assert run["info"]["status"] == "FINISHED"
+        assert json.dumps(run["data"].get("tags", [])).count("records_lost") == 1, "the run does not say it lost records"
+    finally:
+        stack.compose("up", "-d", "--no-deps", "--wait", "site-1", timeout=600)  # back on its own volume
+
+
+# --------------------------------------------------------------------------- the server stops, the server restarts
+
+
+def test_clients_are_unhealthy_while_the_server_is_stopped(stack):
+    stack.compose("stop", "server")
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: all(health(stack, s) == "unhealthy" for s in SITES), 120, "both clients unhealthy")
+        took = time.monotonic() - stopped
+        print(f"\nboth clients unhealthy {took:.0f} s after the server stopped")
+        assert took <= 30, f"the clients turned unhealthy only after {took:.0f} s"
+    finally:
+        stack.compose("start", "server")
+    wait_until(lambda: all(health(stack, s) == "healthy" for s in ("server", *SITES)), 300, "all healthy again")
+
+
+def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_one(stack):
+    name = f"{stack.job_name}-restart"
+    job_id = submit(stack, name, rounds=30)
+    wait_for_round(stack, "site-1", name, 2)
+    stack.compose("restart", "server")
+    back = time.monotonic()
+    out = make_wait_fails(stack, job_id, "FINISHED:ABANDONED")
+    took = time.monotonic() - back
+    print(f"\nthe job was marked ended {took:.0f} s after the server was back")
+    assert "the FL server restarted while the job ran" in out, out
+    assert took <= 120, f"the job stayed unfinished {took:.0f} s after the server's return"
+    assert re.search(rf"job {job_id} {name} FINISHED:ABANDONED: the FL server restarted", stack.make("status").stdout)
+    for site in SITES:
+        run = ended_run(stack, site, name, job_id)
+        assert run["info"]["status"] in ("FAILED", "KILLED"), f"{site}: {run['info']}"
+    stack.up()  # the stack's own job name: none runs, so this submits
+    assert f"job {stack.job_ids[-1]} FINISHED:COMPLETED" in stack.make("wait", timeout=900).stdout
+
+
+# --------------------------------------------------------------------------- make clean removes only its own
+
+
+def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
+    """KITS_ROOT and CA_DIR that hold other files: those stay, and so do the folders; the checkout
+    itself is refused. Its own compose project name: the shared stack is not touched."""
+    kits, ca = tmp_path / "kits", tmp_path / "ca"
+    for folder in (kits / "fedtrack" / "prod_00" / "site-1", kits / "secrets" / "site-1", ca):
+        folder.mkdir(parents=True)
+    (kits / ".project.sha256").write_text("x")
+    (kits / "secrets" / "site-1" / "p").write_text("x")
+    (ca / "cert.json").write_text("{}")
+    (kits / "canary.txt").write_text("mine")
+    (ca / "canary.txt").write_text("mine")
+    result = subprocess.run(["make", "--no-print-directory", "clean", f"COMPOSE_PROJECT_NAME=fedtrack-canary-{os.getpid()}",
+                             f"KITS_ROOT={kits}", f"CA_DIR={ca}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(os.listdir(kits)) == ["canary.txt"] and sorted(os.listdir(ca)) == ["canary.txt"]
+    refused = subprocess.run(["make", "--no-print-directory", "clean-kits", "KITS_ROOT=."], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "refusing to clean ." in refused.stderr, refused.stderr
