@@ -6,7 +6,7 @@
 #
 # Build context = build/context/flare/, staged by scripts/build-images.sh (no network needed):
 #   wheels/  hard links to build/wheelhouse/flare/ (scripts/wheelhouse.sh), incl. requirements.txt
-#   flare-entrypoint.sh  copy of docker/flare-entrypoint.sh
+#   flare-entrypoint.sh, flare-health.py  copies of docker/flare-entrypoint.sh and docker/flare-health.py
 #   job/, policy/, scripts/flare_admin.py  copies of the repo's files
 # then: docker build -f docker/flare.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
 #                     -t fedtrack/flare:2.9.0 build/context/flare
@@ -59,6 +59,8 @@ COPY --from=build /opt/venv /opt/venv
 # Starts the server/client a mounted kit was made for (compose: entrypoint fedtrack-entrypoint).
 # Not the image's ENTRYPOINT, so `docker run IMAGE python ...` works without a kit.
 COPY flare-entrypoint.sh /usr/local/bin/fedtrack-entrypoint
+# The server's and clients' healthchecks (compose: `fedtrack-health server|client`); none reads a log.
+COPY flare-health.py /usr/local/bin/fedtrack-health
 COPY job /opt/fedtrack/job
 COPY policy /opt/fedtrack/policy
 COPY scripts /opt/fedtrack/scripts

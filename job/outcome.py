@@ -3,8 +3,11 @@
 - `RunOutcome` (a server component of the job): when the server's run ends it tells each site
   how (FINISHED: the workflow ran to its end; FAILED: a fatal error; KILLED: the run was aborted),
   before nvflare asks the sites to end the run. Only this word travels, never a metric. It also
-  fails the run at once when a site has lost its part of the job (its process died or its host
-  restarted), instead of leaving FedAvg waiting for that site's result forever.
+  fails the run when a site has lost its part of the job (its process died, its host restarted),
+  instead of leaving FedAvg waiting for that site's result forever: each site's receiver says
+  "alive" every ALIVE_INTERVAL seconds, and a site silent for LOST_AFTER seconds has lost it.
+  (nvflare's own dead-job report does not come for a client that restarted: it re-registers
+  under a new token that the job does not know.)
 - `AbandonUnfinishedJobs` (a system component of the server, installed by policy/install.py):
   nvflare 2.9 cannot resume a job after a server restart and leaves it RUNNING forever; at the
   server's start, every job still marked RUNNING or DISPATCHED is marked FINISHED:ABANDONED,
@@ -15,11 +18,17 @@ Each site's receiver (tracking.py) turns what it saw into its run's final status
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import Shareable, make_reply
+
+import threading
+import time
 
 TOPIC = "fedtrack.run_outcome"
+ALIVE_TOPIC = "fedtrack.site_alive"
+ALIVE_INTERVAL = 10.0  # seconds between a site's "alive" messages to the server's job
+LOST_AFTER = 60.0  # seconds of silence after which a site has lost its part of the job (nvflare's grace for a dead job)
 STATUS_KEY = "status"
 END_REASON = "fedtrack_end_reason"  # job meta key: why the server ended a job it could not finish
 RESTART_REASON = "the FL server restarted while the job ran; nvflare 2.9 cannot resume it"
@@ -41,22 +50,44 @@ def site_status(server_says: str = None, aborted: bool = False, fatal: bool = Fa
 
 
 class RunOutcome(FLComponent):
-    def __init__(self):
+    def __init__(self, lost_after: float = LOST_AFTER):
         super().__init__()
+        self.lost_after = lost_after
         self.fatal = None
         self.sites = set()
+        self.heard = {}  # site -> monotonic time of its last "alive"
+        self.ended = threading.Event()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
-            self.sites = {c.name for c in (fl_ctx.get_engine().get_participating_clients() or {}).values()}
+            engine = fl_ctx.get_engine()
+            self.sites = {c.name for c in (engine.get_participating_clients() or {}).values()}
+            engine.register_aux_message_handler(ALIVE_TOPIC, self._alive)
+            threading.Thread(target=self._watch, args=(engine,), name="site_liveness", daemon=True).start()
         elif event_type == EventType.FATAL_SYSTEM_ERROR:
             self.fatal = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "fatal error")
         elif event_type == EventType.CLIENT_DISCONNECTED:
-            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
-            if site in self.sites and not self.fatal:
-                self.system_panic(f"site {site} lost its part of the job; the round cannot complete", fl_ctx)
+            self._lost(fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME), "nvflare deems it disconnected", fl_ctx)
         elif event_type == EventType.ABOUT_TO_END_RUN:
+            self.ended.set()
             self._notify(fl_ctx)
+
+    def _alive(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
+        self.heard[fl_ctx.get_peer_context().get_identity_name()] = time.monotonic()
+        return make_reply(ReturnCode.OK)
+
+    def _watch(self, engine):
+        while not self.ended.wait(ALIVE_INTERVAL / 2):
+            now = time.monotonic()
+            for site, last in list(self.heard.items()):
+                if now - last > self.lost_after:
+                    with engine.new_context() as fl_ctx:
+                        self._lost(site, f"its job process has been silent for {now - last:.0f} s", fl_ctx)
+                    return
+
+    def _lost(self, site: str, why: str, fl_ctx: FLContext):
+        if site in self.sites and not self.fatal and not self.ended.is_set():
+            self.system_panic(f"site {site} lost its part of the job ({why}); the round cannot complete", fl_ctx)
 
     def outcome(self, fl_ctx: FLContext) -> str:
         if self.fatal:

@@ -26,7 +26,7 @@ A write the storage refuses (disk full) is counted too (SpoolWriter); the forwar
     python3 spool.py serve DIR        deliver whatever appears in DIR, until DIR is removed
     python3 spool.py forward DIR      deliver everything in DIR, then exit
     python3 spool.py status DIR       one line: undelivered, refused and lost record counts
-    python3 spool.py count DIR        the number of undelivered records
+    python3 spool.py count DIR        the number of undelivered records (exit 1 if a spool cannot be read)
 """
 
 import fcntl
@@ -191,6 +191,10 @@ class SpoolWriter:
                 log.error("tracking spool %s: a write failed (%s): %d record(s) lost so far; free space on the "
                           "site's volume, spooling resumes by itself", self.path, e, self.failed)
             self.failures.record(self.failed, e)
+            # A connection that hit a full disk keeps failing after space returns: open a new one (at
+            # most once a second) for the next record.
+            self.db.close()
+            self.db, self._next_open = None, time.monotonic() + 1.0
             return False
         self.last_seq = cur.lastrowid
         if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
@@ -205,6 +209,7 @@ class SpoolWriter:
         """The job ended: spool the run's final status; the forwarder sets it after the last record."""
         if self.closed:
             return
+        self._next_open = 0.0  # the last record: try the storage once more now, whatever failed before
         if not self.append("end", "status", status):
             log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
                       "forwarder marks the run FAILED", self.path, status)
@@ -444,8 +449,11 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                 time.sleep(5)
                 continue
             return 0  # another forwarder serves this site
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)  # who holds it: forwarder_pid()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)  # who holds it: forwarder_pid()
+        except OSError:
+            pass  # a full volume: the lock still works, only the pid is not shown
         deliveries, unopened = {}, {}
         idle_since = time.monotonic()
         try:
@@ -537,10 +545,16 @@ def start_forwarder(spool_dir: str, log_path: str = None) -> None:
 def counts(spool_dir: str) -> dict:
     """Undelivered, refused and failed records of every job spooled in spool_dir, and whether
     spool writes are failing now (from the failure log, which a full volume cannot stop)."""
-    out = {"pending": 0, "refused": 0, "failed": 0, "jobs": 0, "failing": None}
+    out = {"pending": 0, "refused": 0, "failed": 0, "jobs": 0, "failing": None, "unreadable": 0}
     failed = {}
     for path in glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
-        d = Delivery(path)
+        if os.path.getsize(path) == 0:
+            continue  # a writer that could not set its spool up (a full volume): nothing in it
+        try:
+            d = Delivery(path)
+        except sqlite3.Error:
+            out["unreadable"] += 1  # e.g. its -shm cannot be made on a full volume: what it holds is unknown
+            continue
         try:
             p, r, f = d.counts()
         finally:
@@ -564,6 +578,8 @@ def status(spool_dir: str) -> str:
             f"{c['refused']} refused (spool full), {c['failed']} lost (spool write failed)")
     if c["failing"]:
         line += f"; spool writes are FAILING now ({c['failing']}): free space on the site's volume"
+    if c["unreadable"]:
+        line += f"; {c['unreadable']} job spool(s) cannot be read now"
     return line
 
 
@@ -575,8 +591,14 @@ def main(argv) -> int:
     if argv[0] in ("status", "count"):
         if not os.path.isdir(argv[1]):
             print("0" if argv[0] == "count" else "0 record(s) spooled (no spool yet)")
+        elif argv[0] == "status":
+            print(status(argv[1]))
         else:
-            print(counts(argv[1])["pending"] if argv[0] == "count" else status(argv[1]))
+            c = counts(argv[1])
+            print(c["pending"])
+            if c["unreadable"]:  # what they hold is unknown: not a count anyone should act on
+                print(f"error: {c['unreadable']} job spool(s) in {argv[1]} cannot be read now", file=sys.stderr)
+                return 1
         return 0
     if argv[0] == "serve":
         os.makedirs(argv[1], exist_ok=True)

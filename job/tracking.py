@@ -21,6 +21,7 @@ Compared with nvflare's stock MLflowReceiver it also:
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -81,6 +82,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         self._last_check = 0.0
         self.server_says = None  # how the server's run ended (outcome.RunOutcome), if it told us
         self.aborted = self.fatal = False
+        self._ended = threading.Event()
 
     def initialize(self, fl_ctx: FLContext):
         identity = fl_ctx.get_identity_name()
@@ -109,8 +111,20 @@ class SiteMLflowReceiver(AnalyticsReceiver):
             max_records=self.max_spooled_records,
         )
         self._ensure_forwarder()
-        fl_ctx.get_engine().register_aux_message_handler(outcome.TOPIC, self._take_outcome)
+        engine = fl_ctx.get_engine()
+        engine.register_aux_message_handler(outcome.TOPIC, self._take_outcome)
+        threading.Thread(target=self._say_alive, args=(engine,), name="site_alive", daemon=True).start()
         self.log_info(fl_ctx, f"tracking {self.site} to {self.tracking_uri} through the spool in {self.spool_dir}")
+
+    def _say_alive(self, engine):
+        """Tell the server's job that this site's part still runs (outcome.RunOutcome watches)."""
+        while not self._ended.wait(outcome.ALIVE_INTERVAL):
+            try:
+                with engine.new_context() as fl_ctx:
+                    engine.send_aux_request(targets=None, topic=outcome.ALIVE_TOPIC, request=Shareable(),
+                                            timeout=0.0, fl_ctx=fl_ctx, optional=True)
+            except Exception as e:  # noqa: BLE001 - the server may be away for a moment; say it again later
+                log.debug("could not tell the server this site is alive: %s", e)
 
     def _take_outcome(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
         self.server_says = request.get(outcome.STATUS_KEY)
@@ -154,6 +168,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
             self._ensure_forwarder()
 
     def finalize(self, fl_ctx: FLContext):
+        self._ended.set()
         if self.writer:
             status = outcome.site_status(self.server_says, self.aborted, self.fatal)
             self.log_info(fl_ctx, f"the run ends {status} at {self.site} (server: {self.server_says or 'no word'}, "

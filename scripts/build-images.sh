@@ -70,6 +70,7 @@ context_files() {
   local f
   case "$1" in
     flare) echo "$ROOT/docker/flare-entrypoint.sh:flare-entrypoint.sh"
+           echo "$ROOT/docker/flare-health.py:flare-health.py"
            for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json; do echo "$f:${f#"$ROOT"/}"; done
            echo "$ROOT/scripts/flare_admin.py:scripts/flare_admin.py" ;;
     mlflow) echo "$ROOT/docker/mlflow-site.py:mlflow-site.py" ;;
