@@ -211,6 +211,7 @@ class SpoolWriter:
             return
         self._next_open = 0.0  # the last record: try the storage once more now, whatever failed before
         if not self.append("end", "status", status):
+            self.failures.record(self.failed, force=True)  # the final count, for `status`
             log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
                       "forwarder marks the run FAILED", self.path, status)
         elif self.db is not None:
@@ -235,11 +236,11 @@ class FailureLog:
         self.open = False
         self._written = 0.0
 
-    def record(self, failed: int, error: Exception = None):
+    def record(self, failed: int, error: Exception = None, force: bool = False):
         self.open = True
         now = time.monotonic()
-        if error is None and now - self._written < 1.0:
-            return  # at most one write a second while every log call fails
+        if error is None and not force and now - self._written < 1.0:
+            return  # at most one write a second while every log call fails: the count lags by up to 1 s
         self._written = now
         self._write({"spool": self.spool_dir, "job": self.job, "failed": failed, "failing": True,
                      "error": str(error) if error else None, "at": int(time.time())})

@@ -302,27 +302,48 @@ def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, ca
                                                "(spool full), 0 lost (spool write failed)")
 
 
+FULL_DISK = """
+import json, os, resource, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from spool import SpoolWriter, counts, status
+
+spool_dir = sys.argv[2]
+w = SpoolWriter(spool_dir, "disk-full", {"tracking_uri": "http://127.0.0.1:1", "experiment_name": "e", "site": "site-1",
+                                         "job_id": "disk-full", "run_name": "r", "created_ms": 0})
+ok = sum(w.append("metric", "m", float(i), i) for i in range(100))
+# The storage refuses to grow any file past its size now: writes fail as on a full disk (EFBIG, not a signal).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (max(os.path.getsize(w.path + s) for s in ("", "-wal")), hard))
+ok += sum(w.append("metric", "m", float(i), i) for i in range(100, 3000))
+failing = status(spool_dir)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space returns
+time.sleep(1.1)
+after = w.append("metric", "m", 9999.0, 9999)
+w.close()
+print(json.dumps({"ok": ok, "failed": w.failed, "failing": failing, "after": after, "counts": counts(spool_dir),
+                  "status": status(spool_dir)}))
+"""
+
+
 def test_a_failed_spool_write_is_counted_keeps_the_rest_and_resumes(tmp_path):
-    """SQLite's own "database or disk is full" (its page limit lowered to what the spool holds):
-    the failed records are counted, shown by `status` while it lasts, and spooling resumes."""
+    """The spool's files may not grow (RLIMIT_FSIZE, in a child process): SQLite's "disk is full".
+    The failed records are counted, shown by `status` while it lasts, and spooling resumes."""
+    import json
+
     spool_dir = str(tmp_path / "spool")
-    w = new_spool(tmp_path, "http://127.0.0.1:1", "disk-full")
-    for i in range(100):
-        assert w.append("metric", "m", float(i), i)
-    pages = w.db.execute("PRAGMA page_count").fetchone()[0]
-    w.db.execute(f"PRAGMA max_page_count = {pages}")
-    accepted = [w.append("metric", "m", float(i), i) for i in range(100, 3000)]
-    failed = accepted.count(False)
-    assert failed > 0 and w.failed == failed
-    line = status(spool_dir)
-    assert f"{failed} lost (spool write failed)" in line and "FAILING now" in line, line
-    w.db.execute("PRAGMA max_page_count = 1073741823")  # space returns
-    assert w.append("metric", "m", 9999.0, 9999)
-    w.close()
-    c = counts(spool_dir)
-    assert c["pending"] == accepted.count(True) + 100 + 2  # + the record after recovery + the final status
-    assert c["failed"] == failed and c["failing"] is None, c
-    assert "FAILING" not in status(spool_dir)
+    child = subprocess.run([sys.executable, "-c", FULL_DISK, os.path.join(ROOT, "job"), spool_dir],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-3000:]
+    r = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"\n{r['failed']} of 2900 writes failed while the spool's files could not grow; then it resumed")
+    assert r["failed"] > 0 and r["ok"] + r["failed"] == 3000, r
+    assert re.search(r"[1-9]\d* lost \(spool write failed\); spool writes are FAILING now", r["failing"]), r["failing"]
+    assert r["after"], "spooling did not resume once space returned"
+    c = r["counts"]
+    assert c["pending"] == r["ok"] + 2, c  # every record that was taken, the one after recovery and the final status
+    assert c["failed"] == r["failed"] and c["failing"] is None, c
+    assert "FAILING" not in r["status"] and f"{r['failed']} lost" in r["status"], r["status"]
 
 
 def test_a_forwarder_exits_soon_after_its_spool_folder_is_removed(tmp_path):
