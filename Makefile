@@ -112,8 +112,8 @@ test: venv ## Run all tests (creates .venv when missing)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: venv ## Run the quick tests: CLI, data, exported job
-	$(PY) -m pytest tests/test_cli.py tests/test_data.py tests/test_job_export.py $(PYTEST_ARGS)
+test-unit: venv ## Run the quick tests (no server process, no Docker): CLI, knobs, data, exported job
+	$(PY) -m pytest -m "not processes and not docker" $(PYTEST_ARGS)
 
 .PHONY: export
 export: venv ## Write the job folder to jobs/ (SITE1_URI / SITE2_URI set the tracking URIs)

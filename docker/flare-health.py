@@ -4,8 +4,8 @@
     fedtrack-health server   the FL port completes an mTLS handshake (the kit's root CA and server
                              name) and answers HTTP on it: what every client and admin connects to
     fedtrack-health client   the client holds an established connection to the server's FL port
-                             now, its tracking spool's volume accepts a write now, and the site's
-                             forwarder runs
+                             now, its tracking spool's volume accepts a write now, no job's spool
+                             write failed in the last 30 s, and the site's forwarder runs
 
 Exit 0 when healthy; otherwise 1 and one line saying what is wrong.
 """
@@ -15,11 +15,13 @@ import os
 import socket
 import ssl
 import sys
+import time
 
 KIT = os.environ.get("KIT", "/kit")
 WORKSPACE = os.environ.get("WORKSPACE", "/workspace")
 SPOOL = os.path.join(WORKSPACE, "tracking-spool")
 TCP_ESTABLISHED = "01"
+RECENT = 30  # seconds: a spool write that failed this recently makes the client unhealthy
 
 
 def server() -> str:
@@ -58,7 +60,7 @@ def _established_to(port: int) -> bool:
 
 def client() -> str:
     sys.path.insert(0, "/opt/fedtrack/job")
-    from spool import forwarder_pid
+    from spool import FailureLog, forwarder_pid
 
     with open(os.path.join(KIT, "startup", "fed_client.json")) as f:
         target = json.load(f)["servers"][0]["service"]["target"]
@@ -77,6 +79,9 @@ def client() -> str:
             os.remove(probe)
         except OSError:
             pass
+    recent = [f for f in FailureLog.read(SPOOL) if f.get("failing") and time.time() - f.get("at", 0) < RECENT]
+    if recent:
+        return f"the job's spool writes are failing ({recent[0].get('error') or 'storage error'}): records are being lost"
     if forwarder_pid(SPOOL) is None:
         return f"no forwarder delivers {SPOOL}"
     return ""

@@ -22,14 +22,15 @@ log = logging.getLogger("fedtrack.client")
 
 
 def parse_args():
+    # The job (job.py) states every training setting: its defaults are the only ones.
     p = argparse.ArgumentParser()
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--data-dir", required=True)
     p.add_argument("--site-index", type=int, required=True)
     p.add_argument("--num-sites", type=int, required=True)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--local-epochs", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return p.parse_args()

@@ -22,8 +22,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_PROJECT = os.path.join(ROOT, "provision", "project.yml")
 JOB_NAME = "fedavg-site-tracking"
+# The training defaults, stated once: the CLI's and build_recipe's (the training script takes every
+# one from the job; `make up` passes ROUNDS and DATASET from .env).
+DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data"}
 FED_FORWARDER_ID = "event_to_fed"
-TERMINAL_STATUSES = ("FINISHED", "ABORTED", "FAILED")
 # Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
 SITE_CODE = "/opt/fedtrack/job"
 # The modules of that code a job's configuration names; they are never shipped with the job.
@@ -110,12 +112,12 @@ def check_admin_kit(kit: str, username: str = None) -> str:
 
 def build_recipe(
     sites: dict,
-    rounds: int,
-    dataset: str = "digits",
-    data_dir: str = "data",
-    local_epochs: int = 2,
-    lr: float = 0.02,
-    batch_size: int = 32,
+    rounds: int = DEFAULTS["rounds"],
+    dataset: str = DEFAULTS["dataset"],
+    data_dir: str = DEFAULTS["data_dir"],
+    local_epochs: int = DEFAULTS["local_epochs"],
+    lr: float = DEFAULTS["lr"],
+    batch_size: int = DEFAULTS["batch_size"],
     name: str = JOB_NAME,
     spool_limit: int = None,
     torch_threads: int = 0,
@@ -317,15 +319,10 @@ def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int
     try:
         if not wait:
             return 0
-        deadline = time.monotonic() + timeout
-        status = None
-        while time.monotonic() < deadline:
-            status = sess.get_job_status(job_id)
-            if status and any(status.startswith(s) for s in TERMINAL_STATUSES):
-                break
-            time.sleep(3)
-        print(f"job {job_id} {status}")
-        return 0 if status == "FINISHED:COMPLETED" else 1
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the one wait loop: `make wait`'s (scripts/ beside job/ in the image too)
+        from flare_admin import wait_for
+
+        return wait_for(sess, job_id, timeout, kit)
     finally:
         sess.close()
 
@@ -337,12 +334,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--site", action="append", default=[], metavar="NAME=URI", help="a site and its own MLflow URI")
     p.add_argument("--name", default=JOB_NAME, help="job name; each site's experiment is NAME-SITE")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
-    p.add_argument("--data-dir", default="data", help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
+    p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
+    p.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--dataset", choices=("digits", "cifar10"), default=DEFAULTS["dataset"])
+    p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
     p.add_argument("--spool-limit", type=int, default=None,
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
     p.add_argument("--torch-threads", type=int, default=None,

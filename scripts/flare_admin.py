@@ -19,13 +19,13 @@ COMPLETED = "FINISHED:COMPLETED"
 END_REASON = "fedtrack_end_reason"  # set by the server on jobs it could not finish (job/outcome.py)
 
 
-def session():
+def session(kit: str = KIT):
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    with open(os.path.join(KIT, "startup", "fed_admin.json")) as f:
+    with open(os.path.join(kit, "startup", "fed_admin.json")) as f:
         username = json.load(f)["admin"]["username"]
     with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter is not this command's output
-        return new_secure_session(username, KIT, timeout=30)
+        return new_secure_session(username, kit, timeout=30)
 
 
 def jobs(sess) -> list:
@@ -66,22 +66,27 @@ def cmd_active(sess, args) -> int:
 
 
 def cmd_wait(sess, args) -> int:
-    own = [sess]  # the sessions this wait opens after losing the server are closed here
+    all_jobs = jobs(sess)
+    if not all_jobs:
+        print("error: no job has been submitted; run `make up`", file=sys.stderr)
+        return 2
+    return wait_for(sess, args.job_id or all_jobs[0]["job_id"], args.timeout)
+
+
+def wait_for(sess, job_id: str, timeout: float, kit: str = KIT) -> int:
+    """Print the job's status as it changes until it ends; 0 only if it completed (else the reason).
+    Rides out a server restart with new sessions (from `kit`), which it closes; `sess` stays the caller's."""
+    own = [sess]
     try:
-        return _wait(own, args)
+        return _wait(own, job_id, timeout, kit)
     finally:
         if own[0] is not sess:
             own[0].close()
 
 
-def _wait(own: list, args) -> int:
+def _wait(own: list, job_id: str, timeout: float, kit: str) -> int:
     sess = own[0]
-    all_jobs = jobs(sess)
-    if not all_jobs:
-        print("error: no job has been submitted; run `make up`", file=sys.stderr)
-        return 2
-    job_id = args.job_id or all_jobs[0]["job_id"]
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     last = lost = None
     while True:
         try:
@@ -92,7 +97,7 @@ def _wait(own: list, args) -> int:
                       flush=True)
             lost = True
             status = None
-            sess = own[0] = reconnect(sess)
+            sess = own[0] = reconnect(sess, kit)
         else:
             lost = False
         if status and status != last:
@@ -105,18 +110,18 @@ def _wait(own: list, args) -> int:
                   file=sys.stderr)
             return 1
         if time.monotonic() > deadline:
-            print(f"error: job {job_id} still {status or last} after {args.timeout:.0f} s", file=sys.stderr)
+            print(f"error: job {job_id} still {status or last} after {timeout:.0f} s", file=sys.stderr)
             return 1
         time.sleep(3)
 
 
-def reconnect(sess):
+def reconnect(sess, kit: str):
     try:
         sess.close()
     except Exception:  # noqa: BLE001 - a broken session may fail to close; a new one replaces it
         pass
     try:
-        return session()
+        return session(kit)
     except Exception:  # noqa: BLE001 - still down: the caller retries
         return sess
 

@@ -1,12 +1,8 @@
 """Shared fixtures: real MLflow servers and a real provisioned FL system, as local processes."""
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from support import SITES, FlareSystem, MLflowServer  # noqa: E402
+from support import SITES, FlareSystem, MLflowServer
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,12 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "scripts")]
-from mlflow_rest import MLflowREST  # noqa: E402
+import install as policy
+from mlflow_rest import MLflowREST
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_DIR = os.path.join(ROOT, "job")
 JOB_PY = os.path.join(JOB_DIR, "job.py")
-sys.path.insert(0, os.path.join(ROOT, "policy"))
-import install as policy  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 SITES = ("site-1", "site-2")
 

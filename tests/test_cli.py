@@ -45,9 +45,6 @@ def test_bad_site_and_uri_input(args, expected):
 def test_the_tracking_probe_names_what_is_wrong():
     """job.py --env sim warns with this reason when a site's server does not answer (the job still
     runs: the site spools its records; see test_delivery.py)."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "job"))
     from tracking import probe_tracking_server
 
     assert "Connection refused" in probe_tracking_server(f"http://127.0.0.1:{free_port()}")

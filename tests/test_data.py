@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from support import ROOT
-
-import os
-import sys
-
-sys.path.insert(0, os.path.join(ROOT, "job"))
-from data import DataMissingError, digits_indices, load_site_data, partition  # noqa: E402
-from model import SimpleNetwork  # noqa: E402
+from data import DataMissingError, digits_indices, load_site_data, partition
+from model import SimpleNetwork
 
 
 def test_partitions_are_disjoint_cover_everything_and_are_seeded():

@@ -20,10 +20,10 @@ import pytest
 from checks import SITES, check_site_run, site_run
 from mlflow_rest import MLflowREST, params, tags
 from support import ROOT, MLflowServer, free_port, run_job, wait_until
+from data import digits_indices
+from spool import Delivery, SpoolWriter, counts, forward, forwarder_pid, status
 
-sys.path.insert(0, os.path.join(ROOT, "job"))
-from data import digits_indices  # noqa: E402
-from spool import Delivery, SpoolWriter, counts, forward, forwarder_pid, status  # noqa: E402
+pytestmark = pytest.mark.processes
 
 ROUNDS = 8
 EPOCHS = 10

@@ -39,9 +39,6 @@ def test_each_site_gets_one_receiver_at_its_own_uri(exported):
 
 
 def test_no_client_forwards_analytics_to_the_server(exported):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "job"))
     from job import forwarding_components
 
     assert forwarding_components(str(exported)) == []
@@ -73,9 +70,6 @@ def test_no_host_specific_path_in_the_job(exported):
 def test_the_job_is_configuration_only(exported):
     """No code travels with the job (every site refuses custom code): the sites run the training
     script, receiver and model installed in their image, named by path and module."""
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "job"))
     from job import SITE_CODE, custom_code
 
     assert custom_code(str(exported)) == []
@@ -86,9 +80,6 @@ def test_the_job_is_configuration_only(exported):
 
 
 def test_the_job_uses_only_the_classes_each_sites_policy_allows(exported):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "policy"))
     from install import CLIENT_CLASSES, SERVER_CLASSES
 
     def paths(node):

@@ -23,6 +23,8 @@ from checks import (
 from support import JOB_DIR, ROOT, load_json, run_job
 from mlflow_rest import MLflowREST
 
+pytestmark = pytest.mark.processes
+
 ROUNDS = 3
 GUARD = "metric_guard.json"
 

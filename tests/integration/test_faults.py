@@ -48,6 +48,14 @@ def wait_for_round(stack, site: str, name: str, rnd: int):
     wait_until(lambda: rounds_begun(stack, site, name) >= rnd, 600, f"round {rnd} at {site}")
 
 
+def job_in_round_2(stack, suffix: str) -> tuple:
+    """(name, job id) of a new 30-round job, once site-1 has begun its round 2."""
+    name = f"{stack.job_name}-{suffix}"
+    job_id = submit(stack, name, rounds=30)
+    wait_for_round(stack, "site-1", name, 2)
+    return name, job_id
+
+
 def ended_run(stack, site: str, name: str, job_id: str, wait: float = 300) -> dict:
     return site_run(stack.mlflow(site), f"{name}-{site}", site, job_id, wait=wait, until=ENDED)
 
@@ -111,9 +119,7 @@ def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_
 
 
 def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(stack):
-    name = f"{stack.job_name}-kill"
-    job_id = submit(stack, name, rounds=30)
-    wait_for_round(stack, "site-1", name, 2)
+    name, job_id = job_in_round_2(stack, "kill")
     stack.compose("kill", "site-1")
     killed = time.monotonic()
     stack.compose("up", "-d", "--no-deps", "site-1")  # back, as a restart policy or a host reboot would bring it
@@ -187,9 +193,7 @@ def test_clients_are_unhealthy_while_the_server_is_stopped(stack):
 
 
 def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_one(stack):
-    name = f"{stack.job_name}-restart"
-    job_id = submit(stack, name, rounds=30)
-    wait_for_round(stack, "site-1", name, 2)
+    name, job_id = job_in_round_2(stack, "restart")
     stack.compose("restart", "server")
     back = time.monotonic()
     out = make_wait_fails(stack, job_id, "FINISHED:ABANDONED")
