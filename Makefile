@@ -39,11 +39,11 @@ check: ## Check the knobs (ROUNDS, DATASET, ports, ...) before anything is built
 	@scripts/up.sh --check
 
 .PHONY: wait
-wait: ## Block until the newest job ends; print its status (non-zero if it failed)
+wait: ## Block until the newest job ends; print its status (non-zero unless it completed, with the reason)
 	$(ADMIN) python3 scripts/flare_admin.py wait
 
 .PHONY: status
-status: ## Services, job state, and per-site metric counts
+status: ## Services, job state (why one did not complete), per-site metric counts, each site's spool
 	$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
 	$(ADMIN) python3 scripts/flare_admin.py status || true
 	$(PYTHON) scripts/status.py --secrets $(KITS_ROOT)/secrets $(SITES)
@@ -66,11 +66,11 @@ mlflow-user: ## Make an account for a site's MLflow UI: make mlflow-user SITE=si
 	@$(COMPOSE) exec -T mlflow-$(SITE) fedtrack-mlflow add-user "$(USER)"
 
 .PHONY: down
-down: ## Stop and remove the containers; keep all data (runs, kits, workspaces)
+down: ## Stop and remove the containers; keep all data (runs, spools, kits, workspaces)
 	$(COMPOSE) --profile admin --profile tools down --remove-orphans
 
 .PHONY: clean
-clean: ## Remove this project's containers, networks and volumes (each site's MLflow runs: CONFIRM=yes), kits, secrets, root CA
+clean: ## Remove containers, networks, volumes (sites' MLflow runs: CONFIRM=yes; refuses undelivered records), kits, secrets, CA
 	scripts/clean.sh all
 
 .PHONY: clean-kits

@@ -47,7 +47,8 @@ clean_all() {
       [ "$n" -gt 0 ] && held+=("${vol#"${COMPOSE_PROJECT_NAME}_"}: $n")
     done
     if [ ${#held[@]} -gt 0 ] && [ "${DISCARD_UNDELIVERED:-}" != yes ]; then
-      die "undelivered tracking records (${held[*]}): \`make up\` delivers them (see \`make status\`); or add DISCARD_UNDELIVERED=yes to drop them. Nothing removed."
+      local list; list=$(printf '%s, ' "${held[@]}")
+      die "undelivered tracking records (${list%, }): \`make up\` delivers them (see \`make status\`); or add DISCARD_UNDELIVERED=yes to drop them. Nothing removed."
     fi
     local mlflow; mlflow=$(grep -- '_mlflow-' <<<"$vols" | tr '\n' ' ' || true)
     if [ -n "$mlflow" ] && [ "${CONFIRM:-}" != yes ]; then
