@@ -16,14 +16,14 @@
 Each site's receiver (tracking.py) turns what it saw into its run's final status (`site_status`).
 """
 
+import threading
+import time
+
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
-
-import threading
-import time
 
 TOPIC = "fedtrack.run_outcome"
 ALIVE_TOPIC = "fedtrack.site_alive"

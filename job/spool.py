@@ -231,8 +231,7 @@ class FailureLog:
     def __init__(self, spool_dir: str, job_key: str):
         self.spool_dir = os.path.abspath(spool_dir)
         self.job = job_key
-        folder = os.path.join(tempfile.gettempdir(), "fedtrack-spool-failures")
-        self.path = os.path.join(folder, hashlib.sha1(self.spool_dir.encode()).hexdigest()[:16] + "-" + job_key + ".json")
+        self.path = self._prefix(spool_dir) + job_key + ".json"
         self.open = False
         self._written = 0.0
 
@@ -260,11 +259,15 @@ class FailureLog:
             pass  # the temp folder itself is full: the count still reaches the spool when it can
 
     @staticmethod
+    def _prefix(spool_dir: str) -> str:
+        """Where the failure files of spool_dir's jobs go: one folder, named apart per spool."""
+        digest = hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "fedtrack-spool-failures", digest + "-")
+
+    @staticmethod
     def read(spool_dir: str) -> list:
-        folder = os.path.join(tempfile.gettempdir(), "fedtrack-spool-failures")
-        prefix = hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:16] + "-"
         states = []
-        for path in glob.glob(os.path.join(folder, prefix + "*.json")):
+        for path in glob.glob(FailureLog._prefix(spool_dir) + "*.json"):
             try:
                 with open(path) as f:
                     states.append(json.load(f))
