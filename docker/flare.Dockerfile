@@ -1,22 +1,23 @@
 # NVIDIA FLARE runtime image (server, clients, admin): Python 3.11 venv with every pin of
 # requirements.txt except the test-only ones, plus the vetted code every site runs: the job's
 # modules in /opt/fedtrack/job (training script, tracking receiver, spool and forwarder, model),
-# the local policy in /opt/fedtrack/policy, and the admin's scripts/flare_admin.py. Jobs carry
-# configuration only. No startup kits, keys or secrets inside: the kit is mounted at /kit.
+# the local policy in /opt/fedtrack/policy, the admin's stack/flare_admin.py and the project reader
+# stack/topology.py. Jobs carry configuration only. No startup kits, keys or secrets inside: the kit
+# is mounted at /kit.
 #
-# Build context = build/context/flare/, staged by scripts/build-images.sh (no network needed):
-#   wheels/  hard links to build/wheelhouse/flare/ (scripts/wheelhouse.sh), incl. requirements.txt
+# Build context = build/context/flare/, staged by docker/build-images.sh (no network needed):
+#   wheels/  hard links to build/wheelhouse/flare/ (docker/wheelhouse.sh), incl. requirements.txt
 #   flare-entrypoint.sh, flare-health.py  copies of docker/flare-entrypoint.sh and docker/flare-health.py
-#   job/, policy/, scripts/flare_admin.py  copies of the repo's files
-# then: docker build -f docker/flare.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
+#   job/, policy/, stack/{flare_admin,topology}.py  copies of the repo's files
+# then: docker build -f docker/flare.Dockerfile --build-arg BASE_IMAGE=$(docker/base-image.sh) \
 #                     -t fedtrack/flare:2.9.0 build/context/flare
-# (scripts/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
+# (docker/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
 # BASE_IMAGE may be python:3.11-slim-bookworm (python3 in /usr/local/bin) or the debootstrapped
 # fedtrack/base:bookworm-py3.11 (python3 in /usr/bin): only `python3` from PATH is used.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# Marks this stage's images: scripts/build-images.sh tags the current one and prunes older ones.
+# Marks this stage's images: docker/build-images.sh tags the current one and prunes older ones.
 LABEL fedtrack.stage=build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 COPY wheels /wheels
@@ -63,5 +64,5 @@ COPY flare-entrypoint.sh /usr/local/bin/fedtrack-entrypoint
 COPY flare-health.py /usr/local/bin/fedtrack-health
 COPY job /opt/fedtrack/job
 COPY policy /opt/fedtrack/policy
-COPY scripts /opt/fedtrack/scripts
+COPY stack /opt/fedtrack/stack
 LABEL fedtrack.build-hash="${BUILD_HASH}"

@@ -3,16 +3,16 @@
 # Data (SQLite backend store, account store, served artifacts) lives in the /mlflow volume;
 # secrets come at run time as files in /run/secrets, never in the image.
 #
-# Build context = build/context/mlflow/, staged by scripts/build-images.sh (no network needed):
-#   wheels/  hard links to build/wheelhouse/mlflow/ (scripts/wheelhouse.sh), incl. requirements.txt
+# Build context = build/context/mlflow/, staged by docker/build-images.sh (no network needed):
+#   wheels/  hard links to build/wheelhouse/mlflow/ (docker/wheelhouse.sh), incl. requirements.txt
 #   mlflow-site.py  copy of docker/mlflow-site.py
-# then: docker build -f docker/mlflow.Dockerfile --build-arg BASE_IMAGE=$(scripts/base-image.sh) \
+# then: docker build -f docker/mlflow.Dockerfile --build-arg BASE_IMAGE=$(docker/base-image.sh) \
 #                     -t fedtrack/mlflow:3.17.2 build/context/mlflow
-# (scripts/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
+# (docker/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# Marks this stage's images: scripts/build-images.sh tags the current one and prunes older ones.
+# Marks this stage's images: docker/build-images.sh tags the current one and prunes older ones.
 LABEL fedtrack.stage=build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 COPY wheels /wheels

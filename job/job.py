@@ -1,8 +1,9 @@
 """Build the FedAvg job with site-local MLflow tracking, then simulate, export or submit it.
 
-    python job/job.py --site site-1=http://127.0.0.1:5001 --site site-2=http://127.0.0.1:5002 --env sim
+    python job/job.py --site SITE=http://127.0.0.1:PORT ... --env sim
 
-Each site gets its own SiteMLflowReceiver, pointed at that site's own tracking URI and listening
+The sites are the clients of provision/project.yml (--project); each one's tracking URI is the
+project's (its own MLflow service by default) unless --site NAME=URI names the sites and URIs. Each site gets its own SiteMLflowReceiver, pointed at that site's own tracking URI and listening
 only to local analytics events. The ConvertToFedEvent component that nvflare adds to every
 client is removed, so no metric is ever forwarded to the FL server.
 
@@ -15,324 +16,17 @@ import logging
 import os
 import re
 import sys
-import time
-import urllib.parse
+
+from inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, project_sites
+from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe
+from runners import run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DEFAULT_PROJECT = os.path.join(ROOT, "provision", "project.yml")
-JOB_NAME = "fedavg-site-tracking"
-# The training defaults, stated once: the CLI's and build_recipe's (the training script takes every
-# one from the job; `make up` passes ROUNDS and DATASET from .env).
-DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data"}
-FED_FORWARDER_ID = "event_to_fed"
-# Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
-SITE_CODE = "/opt/fedtrack/job"
-# The modules of that code a job's configuration names; they are never shipped with the job.
-SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "spool", "tracking"]
-
-log = logging.getLogger("fedtrack.job")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
-
-# ---------------------------------------------------------------- input checks
-
-
-def project_sites(project_file: str) -> list:
-    import yaml
-
-    try:
-        with open(project_file) as f:
-            project = yaml.safe_load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read the project file {project_file}: {e.strerror}")
-    return [p["name"] for p in project.get("participants", []) if p.get("type") == "client"]
-
-
-def check_tracking_uri(site: str, uri: str) -> str:
-    parsed = urllib.parse.urlsplit(uri)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1 or parsed.query or parsed.fragment:
-        raise UsageError(
-            f"site {site}: {uri!r} is not an http(s) tracking URI; use --site {site}=http://HOST:PORT "
-            f"(the address of {site}'s own MLflow server)"
-        )
-    return uri.rstrip("/")
-
-
-def parse_sites(specs: list, known: list) -> dict:
-    """['site-1=http://h:1', ...] -> {'site-1': 'http://h:1', ...}, or a UsageError naming the fix."""
-    if not specs:
-        raise UsageError(f"no site given; use --site NAME=http://HOST:PORT for each of {', '.join(known)}")
-    sites = {}
-    for spec in specs:
-        name, sep, uri = spec.partition("=")
-        name = name.strip()
-        if name not in known:
-            raise UsageError(f"unknown site {name!r}; the project's sites are {', '.join(known)}")
-        if name in sites:
-            raise UsageError(f"site {name} is given twice; give each site once")
-        if not sep or not uri.strip():
-            raise UsageError(f"site {name} has no tracking URI; use --site {name}=http://HOST:PORT")
-        sites[name] = check_tracking_uri(name, uri.strip())
-    return sites
-
-
-def check_admin_kit(kit: str, username: str = None) -> str:
-    """The admin user name of a startup kit, or a UsageError saying what to fix."""
-    import json
-
-    if not kit:
-        raise UsageError("--env prod needs --startup-kit DIR, the admin's startup kit (run `make provision`)")
-    fed_admin = os.path.join(kit, "startup", "fed_admin.json")
-    if not os.path.isdir(kit):
-        raise UsageError(f"startup kit not found at {kit}; run `make provision`")
-    if not os.path.isfile(fed_admin):
-        raise UsageError(f"{kit} is not an admin startup kit (no startup/fed_admin.json); use the admin's kit")
-    with open(fed_admin) as f:
-        admin = json.load(f).get("admin", {})
-    for key in ("client_cert", "client_key", "ca_cert"):
-        path = os.path.join(kit, "startup", admin.get(key, f"<{key} missing>"))
-        if not os.path.isfile(path):
-            raise UsageError(f"admin startup kit {kit} lacks {os.path.basename(path)}; provision it again")
-    kit_user = admin.get("username")
-    if username and kit_user and username != kit_user:
-        raise UsageError(f"startup kit {kit} belongs to {kit_user}, not {username}")
-    return username or kit_user
-
-
-# ---------------------------------------------------------------- the job
-
-
-def build_recipe(
-    sites: dict,
-    rounds: int = DEFAULTS["rounds"],
-    dataset: str = DEFAULTS["dataset"],
-    data_dir: str = DEFAULTS["data_dir"],
-    local_epochs: int = DEFAULTS["local_epochs"],
-    lr: float = DEFAULTS["lr"],
-    batch_size: int = DEFAULTS["batch_size"],
-    name: str = JOB_NAME,
-    spool_limit: int = None,
-    torch_threads: int = 0,
-    site_code: str = None,
-):
-    """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server.
-
-    With site_code, the job runs the sites' installed code from that folder and ships none; without
-    it (the simulator on this host), the training script travels with the job."""
-    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
-    from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
-
-    from model import SimpleNetwork
-    from outcome import RunOutcome
-    from privacy import MetricLeakGuard
-
-    site_names = list(sites)
-    recipe = FedAvgRecipe(
-        name=name,
-        model=SimpleNetwork(),
-        min_clients=len(sites),
-        num_rounds=rounds,
-        # Relative: shipped inside the job (simulator); absolute: the copy installed at each site.
-        train_script=os.path.join(site_code, "client.py") if site_code else "client.py",
-        launch_external_process=False,  # in-process: the site's receiver sees the local events
-        key_metric="",  # clients report no metric to the server, so there is none to select a model by
-    )
-    set_per_site_config(
-        recipe,
-        {
-            site: {
-                "train_args": f"--dataset {dataset} --data-dir {data_dir} --local-epochs {local_epochs} "
-                f"--lr {lr} --batch-size {batch_size} --site-index {i} --num-sites {len(sites)}"
-                + (f" --torch-threads {torch_threads}" if torch_threads else "")
-            }
-            for i, site in enumerate(site_names)
-        },
-    )
-    for site, uri in sites.items():
-        add_experiment_tracking(
-            recipe,
-            "mlflow",
-            {"tracking_uri": uri, "kw_args": {"experiment_name": f"{name}-{site}"}},
-            client_side=True,
-            server_side=False,
-            clients=[site],
-        )
-    _use_site_receivers(recipe, sites, name, spool_limit)
-    _remove_fed_forwarding(recipe)
-    recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
-    recipe._job.to_server(RunOutcome(), id="run_outcome")  # each site's run ends with the job's real outcome
-    if site_code:
-        _ship_no_code(recipe)
-    return recipe
-
-
-# nvflare's recipe API has no public way to list a job's apps or to leave the training script out
-# of it: these two helpers are the only places that reach into the recipe's FedJob.
-def _client_apps(recipe) -> dict:
-    return {t: app for t, app in recipe._job._deploy_map.items() if t != "server"}
-
-
-def _ship_no_code(recipe):
-    """Config only: the sites' own modules stay out of custom/, and so does the training script."""
-    recipe._job.set_app_packages(SITE_MODULES)
-    for app in _client_apps(recipe).values():
-        app.app_config.ext_scripts.clear()
-
-
-def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int = None):
-    """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
-    from spool import DEFAULT_MAX_RECORDS
-    from tracking import SiteMLflowReceiver
-
-    for site, app in _client_apps(recipe).items():
-        comps = app.app_config.components
-        stock = comps["client_receiver"]
-        comps["client_receiver"] = SiteMLflowReceiver(
-            site=site,
-            tracking_uri=sites[site],
-            experiment_name=stock.kw_args["experiment_name"],
-            run_name=name,
-            events=stock.events,
-            max_spooled_records=spool_limit or DEFAULT_MAX_RECORDS,
-        )
-
-
-def _remove_fed_forwarding(recipe):
-    """Drop the ConvertToFedEvent widget that would forward every metric to the FL server."""
-    for app in _client_apps(recipe).values():
-        app.app_config.components.pop(FED_FORWARDER_ID, None)
-
-
-def custom_code(job_dir: str) -> list:
-    """Files an exported job would ship as code (should be []: sites refuse custom code)."""
-    return sorted(
-        os.path.relpath(os.path.join(d, f), job_dir)
-        for d, _, files in os.walk(job_dir)
-        for f in files
-        if os.path.relpath(d, job_dir).split(os.sep)[1:2] == ["custom"]
-    )
-
-
-def check_config_only(job_dir: str):
-    leaks = forwarding_components(job_dir)
-    if leaks:
-        raise RuntimeError(f"exported job would forward metrics to the server: {leaks}")
-    code = custom_code(job_dir)
-    if code:
-        raise RuntimeError(f"exported job would carry custom code, which every site refuses: {code}")
-
-
-def forwarding_components(job_dir: str) -> list:
-    """Client components in an exported job that would send analytics to the server (should be [])."""
-    import glob
-    import json
-
-    found = []
-    for cfg in glob.glob(os.path.join(job_dir, "*", "config", "config_fed_client.json")):
-        with open(cfg) as f:
-            client = json.load(f)
-        for comp in client.get("components", []):
-            path = comp.get("path", "")
-            args = comp.get("args", {})
-            events = args.get("events_to_convert", []) + [e for e in args.get("events", []) if e.startswith("fed.")]
-            if path.endswith("ConvertToFedEvent") or events:
-                found.append(f"{os.path.relpath(cfg, job_dir)}: {comp.get('id')} ({path})")
-        for executor in client.get("executors", []):
-            args = executor.get("executor", {}).get("args", {})
-            if args.get("launch_external_process") or args.get("execution_mode", "in_process") != "in_process":
-                found.append(f"{os.path.relpath(cfg, job_dir)}: external process (fires fed events directly)")
-    return found
-
-
-# ---------------------------------------------------------------- environments
-
-
-def run_sim(recipe, sites: dict, workspace: str) -> int:
-    from nvflare.recipe.sim_env import SimEnv
-
-    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=workspace)
-    run = recipe.run(env)
-    result = run.get_result()
-    log.info("simulation finished; workspace %s", result)
-    print(f"job {run.get_job_id()} FINISHED; workspace {result}")
-    report_delivery({site: os.path.join(workspace, recipe.name, site, "tracking-spool") for site in sites}, sites)
-    return 0
-
-
-def report_delivery(spools: dict, sites: dict, settle: float = 10.0):
-    """After a simulation: per site, what is still undelivered, and the forwarder that keeps at it."""
-    from spool import counts, forwarder_pid
-
-    deadline = time.monotonic() + settle  # a server that answers takes the rest within seconds
-    while time.monotonic() < deadline and any(os.path.isdir(d) and counts(d)["pending"] for d in spools.values()):
-        time.sleep(0.5)
-    for site, spool_dir in spools.items():
-        pending = counts(spool_dir)["pending"] if os.path.isdir(spool_dir) else 0
-        if not pending:
-            print(f"{site}: every record delivered to {sites[site]}")
-            continue
-        pid = forwarder_pid(spool_dir)
-        where = (f"forwarder pid {pid} keeps delivering them in the background (log: {spool_dir}/forwarder.log; "
-                 f"stop it with `kill {pid}`: the records stay spooled for the next run's forwarder)"
-                 if pid else "no forwarder runs now: the next run at this site delivers them")
-        print(f"{site}: {pending} record(s) not yet delivered to {sites[site]}; {where}; "
-              f"see `python3 job/spool.py status {spool_dir}`")
-
-
-def run_export(recipe, export_dir: str) -> int:
-    recipe.export(export_dir)
-    job_dir = os.path.join(export_dir, recipe.name)
-    check_config_only(job_dir)
-    print(f"job exported to {job_dir}")
-    return 0
-
-
-def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int:
-    """Export, check that the job is config only, submit it with the admin kit, and maybe wait."""
-    import contextlib
-    import tempfile
-
-    from nvflare.fuel.flare_api.flare_api import new_secure_session
-
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe.export(tmp)
-        job_dir = os.path.join(tmp, recipe.name)
-        check_config_only(job_dir)
-        sess = None
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter
-                sess = new_secure_session(username, kit, timeout=30)
-            job_id = sess.submit_job(job_dir)
-        except Exception as e:  # the Flare API's reason, on one line
-            if sess:
-                sess.close()  # its threads would keep this process alive
-            raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
-    print(f"submitted job {job_id}", flush=True)
-    try:
-        if not wait:
-            return 0
-        sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the one wait loop: `make wait`'s (scripts/ beside job/ in the image too)
-        from flare_admin import wait_for
-
-        return wait_for(sess, job_id, timeout, kit)
-    finally:
-        sess.close()
-
-
-# ---------------------------------------------------------------- CLI
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--site", action="append", default=[], metavar="NAME=URI", help="a site and its own MLflow URI")
+    p.add_argument("--site", action="append", default=[], metavar="NAME=URI", help="a site and its own MLflow URI (default: every site of the project, with the project's URIs)")
     p.add_argument("--name", default=JOB_NAME, help="job name; each site's experiment is NAME-SITE")
     p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
     p.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
@@ -419,6 +113,7 @@ def main(argv=None) -> int:
             return run_sim(recipe, sites, workspace)
         if args.env == "export":
             return run_export(recipe, export_dir)
+        print(f"job plan: {args.name}, {args.rounds} rounds, {args.dataset}, sites {' '.join(sites)}", flush=True)
         return run_prod(recipe, kit, username, not args.no_wait, args.timeout)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

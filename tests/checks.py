@@ -5,8 +5,8 @@ import time
 import zipfile
 
 from mlflow_rest import MLflowREST, params, tags
+from support import SITES  # provision/project.yml's clients, read once in support.py
 
-SITES = ("site-1", "site-2")
 METRICS = ("train_loss", "accuracy", "local_accuracy")
 
 
@@ -55,14 +55,15 @@ def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, datase
     return hist
 
 
-def check_only_own_runs(server: MLflowREST, site: str):
-    """Every run on a site's server is that site's: no other site's run, experiment or tag."""
+def check_only_own_runs(server: MLflowREST, site: str, sites: tuple = SITES):
+    """Every run on a site's server is that site's: no other site's run, experiment or tag
+    (`sites`: the project's sites, unless a test brings its own project)."""
     runs = server.runs()
     assert runs, f"{site}: no runs at all on {server.uri}"
     foreign = [r["info"]["run_id"] for r in runs if tags(r).get("site") != site]
     assert not foreign, f"{site}'s server holds runs of other sites: {foreign}"
     for exp in server.experiments():
-        for other in SITES:
+        for other in sites:
             if other != site:
                 assert other not in exp["name"], f"{site}'s server has experiment {exp['name']}"
 

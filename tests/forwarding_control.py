@@ -1,8 +1,8 @@
-"""Positive control for the privacy test: the job as job.py builds it, but with nvflare's default
+"""Positive control for the privacy test: the job as recipe.py builds it, but with nvflare's default
 ConvertToFedEvent put back on every client. Run as a script; the server's MetricLeakGuard must then
 count the forwarded records, which shows the guard would catch a leak.
 
-    python tests/forwarding_control.py WORKSPACE site-1=URI site-2=URI
+    python tests/forwarding_control.py WORKSPACE SITE=URI ...
 """
 
 import os
@@ -15,15 +15,15 @@ def main(workspace: str, *site_specs: str):
     sys.argv = sys.argv[:1]
     sys.path.insert(0, JOB_DIR)
     os.chdir(JOB_DIR)
-    import job as jobmod
     from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
     from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
     from nvflare.recipe.sim_env import SimEnv
+    from recipe import FED_FORWARDER_ID, _client_apps, build_recipe
 
     sites = dict(spec.split("=", 1) for spec in site_specs)
-    recipe = jobmod.build_recipe(sites, rounds=1, local_epochs=1, name="forwarding-control")
-    for app in jobmod._client_apps(recipe).values():
-        app.app_config.add_component(jobmod.FED_FORWARDER_ID, ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]))
+    recipe = build_recipe(sites, rounds=1, local_epochs=1, name="forwarding-control")
+    for app in _client_apps(recipe).values():
+        app.app_config.add_component(FED_FORWARDER_ID, ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]))
     recipe.run(SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=workspace)).get_result()
 
 

@@ -10,12 +10,15 @@ import time
 
 import install as policy
 from mlflow_rest import MLflowREST
+from topology import Project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_DIR = os.path.join(ROOT, "job")
 JOB_PY = os.path.join(JOB_DIR, "job.py")
 BIN = os.path.dirname(sys.executable)
-SITES = ("site-1", "site-2")
+PROJECT = os.path.join(ROOT, "provision", "project.yml")
+# The sites are the project's clients: no test spells a site's name (checks.py re-exports this).
+SITES = tuple(Project(PROJECT).sites)
 
 
 def free_port() -> int:
@@ -122,7 +125,7 @@ class FlareSystem:
         return self.kit("localhost")
 
     def provision(self):
-        with open(os.path.join(ROOT, "provision", "project.yml")) as f:
+        with open(PROJECT) as f:
             project = f.read()
         # Local processes dial the server as localhost, on a free port.
         project = project.replace("- name: server\n", "- name: localhost\n").replace(
@@ -153,7 +156,7 @@ class FlareSystem:
         for kit, proc in (("localhost", "server"), *((s, s) for s in SITES)):
             cmd = [a.replace('"$WORKSPACE"', self.kit(kit)) for a in self.launch(kit)]
             self.procs[proc] = start(cmd, os.path.join(self.root, f"{proc}.log"), cwd=self.kit(kit), env=env)
-        wait_until(lambda: all(self.registered(s) for s in SITES), 180, "both clients to register with the server")
+        wait_until(lambda: all(self.registered(s) for s in SITES), 180, "every client to register with the server")
         return self
 
     def registered(self, site: str) -> bool:

@@ -6,9 +6,11 @@ import subprocess
 
 import pytest
 
+from checks import SITES
 from support import BIN, ROOT, free_port, run_job
 
-GOOD = ["--site", "site-1=http://127.0.0.1:1", "--site", "site-2=http://127.0.0.1:2"]
+first, second = SITES[:2]
+GOOD = [a for n, site in enumerate(SITES, start=1) for a in ("--site", f"{site}=http://127.0.0.1:{n}")]
 
 
 def one_line_error(result, *expected):
@@ -24,16 +26,15 @@ def one_line_error(result, *expected):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        ([], ["no site given", "--site NAME=http://HOST:PORT"]),
-        (["--site", "site-3=http://127.0.0.1:5001"], ["unknown site 'site-3'", "site-1, site-2"]),
-        (["--site", "site-1=http://a:1", "--site", "site-1=http://b:2"], ["site-1 is given twice"]),
-        (["--site", "site-1"], ["site site-1 has no tracking URI", "--site site-1=http://HOST:PORT"]),
-        (["--site", "site-1="], ["site site-1 has no tracking URI"]),
-        (["--site", "site-1=localhost:5001"], ["not an http(s) tracking URI"]),
-        (["--site", "site-1=ftp://host:21"], ["not an http(s) tracking URI"]),
-        (["--site", "site-1=http://:5001"], ["not an http(s) tracking URI"]),
-        (["--site", "site-1=http://host:99999"], ["not an http(s) tracking URI"]),
-        (["--site", "site-1=file:///tmp/mlruns"], ["not an http(s) tracking URI"]),
+        (["--site", "site-9=http://127.0.0.1:5001"], ["unknown site 'site-9'", ", ".join(SITES)]),  # not in the project
+        (["--site", f"{first}=http://a:1", "--site", f"{first}=http://b:2"], [f"{first} is given twice"]),
+        (["--site", first], [f"site {first} has no tracking URI", f"--site {first}=http://HOST:PORT"]),
+        (["--site", f"{first}="], [f"site {first} has no tracking URI"]),
+        (["--site", f"{first}=localhost:5001"], ["not an http(s) tracking URI"]),
+        (["--site", f"{first}=ftp://host:21"], ["not an http(s) tracking URI"]),
+        (["--site", f"{first}=http://:5001"], ["not an http(s) tracking URI"]),
+        (["--site", f"{first}=http://host:99999"], ["not an http(s) tracking URI"]),
+        (["--site", f"{first}=file:///tmp/mlruns"], ["not an http(s) tracking URI"]),
         (GOOD + ["--rounds", "0"], ["--rounds must be at least 1"]),
         (GOOD + ["--name", "Bad Name"], ["job name 'Bad Name'"]),
     ],
@@ -77,7 +78,7 @@ def kits(tmp_path_factory):
 
 
 def test_a_client_kit_is_not_an_admin_kit(kits):
-    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(kits / "site-1")), "not an admin startup kit")
+    one_line_error(run_job(*GOOD, "--env", "prod", "--startup-kit", str(kits / first)), "not an admin startup kit")
 
 
 def test_an_admin_kit_without_its_key(kits, tmp_path):
@@ -103,15 +104,12 @@ def test_a_kit_of_another_user(kits):
         (["ROUNDS=0"], ["ROUNDS=0", "from 1 to 10000"]),
         (["ROUNDS=five"], ["ROUNDS=five", "whole number"]),
         (["DATASET=mnist"], ["DATASET=mnist", "digits", "cifar10"]),
-        (["MLFLOW_SITE1_PORT=6000", "MLFLOW_SITE2_PORT=6000"], ["MLFLOW_SITE2_PORT=6000", "own"]),
-        (["MLFLOW_SITE1_PORT=70000"], ["MLFLOW_SITE1_PORT=70000", "1 to 65535"]),
-        (["MLFLOW_SITE2_PORT=0"], ["MLFLOW_SITE2_PORT=0", "1 to 65535"]),
         (["JOB_NAME=My Job"], ["JOB_NAME=My Job"]),
     ],
 )
 def test_make_up_refuses_bad_knobs_before_anything_starts(knobs, expected, tmp_path):
     """`make up` checks its knobs first: no image build, no container, no docker call at all (a
-    `docker` first on PATH records any call)."""
+    `docker` first on PATH records any call). The sites' ports: test_topology.py."""
     calls = tmp_path / "docker-calls"
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -104,19 +104,20 @@ def assert_no_stall(hist_affected: dict, hist_other: dict, within=None):
 
 
 def test_server_stopped_mid_job_and_restarted(tmp_path):
-    server = MLflowServer("site-1", str(tmp_path / "mlflow-1")).start()
-    other = MLflowServer("site-2", str(tmp_path / "mlflow-2")).start()
+    site, other_site = SITES[:2]  # site's server stops mid-job; the other site's stays up
+    server = MLflowServer(site, str(tmp_path / "mlflow-1")).start()
+    other = MLflowServer(other_site, str(tmp_path / "mlflow-2")).start()
     name = f"midjob-{os.getpid()}"
     try:
-        job = start_sim({"site-1": server.uri, "site-2": other.uri}, tmp_path / "ws", name)
+        job = start_sim({site: server.uri, other_site: other.uri}, tmp_path / "ws", name)
         rest = MLflowREST(server.uri)
 
         def round_1_started():
-            exp = rest.experiment_by_name(f"{name}-site-1")
+            exp = rest.experiment_by_name(f"{name}-{site}")
             runs = rest.runs([exp["experiment_id"]]) if exp else []
             return bool(runs) and len(rest.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
 
-        wait_until(round_1_started, 180, "round 1 of site-1 to start")
+        wait_until(round_1_started, 180, f"round 1 of {site} to start")
         server.stop()
         down_at = time.time()
         time.sleep(15)
@@ -124,40 +125,41 @@ def test_server_stopped_mid_job_and_restarted(tmp_path):
         server.start()
         out, _ = job.communicate(timeout=600)
         assert job.returncode == 0, out[-3000:]
-        site1 = delivered_run(server.uri, name, "site-1")
-        site2 = delivered_run(other.uri, name, "site-2")
-        assert_no_stall(site1["hist"], site2["hist"], within=(down_at, up_at))
+        affected = delivered_run(server.uri, name, site)
+        unaffected = delivered_run(other.uri, name, other_site)
+        assert_no_stall(affected["hist"], unaffected["hist"], within=(down_at, up_at))
     finally:
         server.stop()
         other.stop()
 
 
 def test_server_down_at_start_and_up_only_after_the_job_ends(tmp_path):
-    late = MLflowServer("site-1", str(tmp_path / "mlflow-1"))  # not started yet
-    other = MLflowServer("site-2", str(tmp_path / "mlflow-2")).start()
+    site, other_site = SITES[:2]  # site's server is down until the job has ended; the other site's is up
+    late = MLflowServer(site, str(tmp_path / "mlflow-1"))  # not started yet
+    other = MLflowServer(other_site, str(tmp_path / "mlflow-2")).start()
     name = f"late-{os.getpid()}"
     try:
         t0 = time.monotonic()
-        result = run_sim({"site-1": late.uri, "site-2": other.uri}, tmp_path / "ws", name)
+        result = run_sim({site: late.uri, other_site: other.uri}, tmp_path / "ws", name)
         elapsed = time.monotonic() - t0
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert f"warning: site site-1: tracking server {late.uri} does not answer" in result.stderr
-        site2 = delivered_run(other.uri, name, "site-2")
-        spool_dir = tmp_path / "ws" / name / "site-1" / "tracking-spool"
-        assert "0 record(s) spooled" not in status(str(spool_dir)), "site-1's records should wait in its spool"
+        assert f"warning: site {site}: tracking server {late.uri} does not answer" in result.stderr
+        unaffected = delivered_run(other.uri, name, other_site)
+        spool_dir = tmp_path / "ws" / name / site / "tracking-spool"
+        assert "0 record(s) spooled" not in status(str(spool_dir)), f"{site}'s records should wait in its spool"
         # The job ends by saying what is left, and which forwarder keeps delivering it.
-        report = re.search(r"site-1: (\d+) record\(s\) not yet delivered to \S+; forwarder pid (\d+) keeps delivering",
+        report = re.search(rf"{re.escape(site)}: (\d+) record\(s\) not yet delivered to \S+; forwarder pid (\d+) keeps delivering",
                            result.stdout)
         assert report, result.stdout[-2000:]
         assert int(report.group(1)) == counts(str(spool_dir))["pending"] > 0
         assert int(report.group(2)) == forwarder_pid(str(spool_dir)), "the pid printed is not the site's forwarder"
-        assert "site-2: every record delivered" in result.stdout
+        assert f"{other_site}: every record delivered" in result.stdout
         late.start()  # after the job ended: the site's forwarder delivers everything now
-        site1 = delivered_run(late.uri, name, "site-1", timeout=180)
-        assert site1["run"]["info"]["end_time"] > site1["run"]["info"]["start_time"]
-        assert tags(site1["run"])["site"] == "site-1" and params(site1["run"])["rounds"] == str(ROUNDS)
-        assert_no_stall(site1["hist"], site2["hist"])
-        print(f"\njob with site-1's server down: {elapsed:.1f} s")
+        affected = delivered_run(late.uri, name, site, timeout=180)
+        assert affected["run"]["info"]["end_time"] > affected["run"]["info"]["start_time"]
+        assert tags(affected["run"])["site"] == site and params(affected["run"])["rounds"] == str(ROUNDS)
+        assert_no_stall(affected["hist"], unaffected["hist"])
+        print(f"\njob with {site}'s server down: {elapsed:.1f} s")
     finally:
         late.stop()
         other.stop()
@@ -212,15 +214,16 @@ class SlowProxy:
 
 
 def test_slow_server(mlflow_servers, tmp_path):
-    proxy = SlowProxy(mlflow_servers["site-1"].port, delay=1.0)
+    site, other_site = SITES[:2]  # site's server answers slowly; the other site's at full speed
+    proxy = SlowProxy(mlflow_servers[site].port, delay=1.0)
     name = f"slow-{os.getpid()}"
     try:
-        uris = {"site-1": f"http://127.0.0.1:{proxy.port}", "site-2": mlflow_servers["site-2"].uri}
+        uris = {site: f"http://127.0.0.1:{proxy.port}", other_site: mlflow_servers[other_site].uri}
         result = run_sim(uris, tmp_path / "ws", name)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        site1 = delivered_run(mlflow_servers["site-1"].uri, name, "site-1", timeout=300)
-        site2 = delivered_run(mlflow_servers["site-2"].uri, name, "site-2")
-        assert_no_stall(site1["hist"], site2["hist"])
+        affected = delivered_run(mlflow_servers[site].uri, name, site, timeout=300)
+        unaffected = delivered_run(mlflow_servers[other_site].uri, name, other_site)
+        assert_no_stall(affected["hist"], unaffected["hist"])
     finally:
         proxy.close()
 
@@ -228,16 +231,17 @@ def test_slow_server(mlflow_servers, tmp_path):
 # ----------------------------------------------------------------- the spool itself, against a real server
 
 
-def new_spool(tmp_path, uri: str, name: str, site: str = "site-1", **kw) -> SpoolWriter:
+def new_spool(tmp_path, uri: str, name: str, site: str = SITES[0], **kw) -> SpoolWriter:
     meta = {"tracking_uri": uri, "experiment_name": name, "site": site, "job_id": name, "run_name": name,
             "created_ms": int(time.time() * 1000)}
     return SpoolWriter(str(tmp_path / "spool"), name, meta, **kw)
 
 
 def test_a_lost_answer_is_resent_without_duplicates(mlflow_servers, tmp_path, monkeypatch):
-    uri = mlflow_servers["site-1"].uri
+    site = SITES[0]
+    uri = mlflow_servers[site].uri
     name = f"lost-answer-{os.getpid()}"
-    w = new_spool(tmp_path, uri, name)
+    w = new_spool(tmp_path, uri, name, site=site)
     for i in range(50):
         w.append("metric", "train_loss", 1.0 / (i + 1), i)
     w.close()
@@ -259,7 +263,7 @@ def test_a_lost_answer_is_resent_without_duplicates(mlflow_servers, tmp_path, mo
     monkeypatch.undo()
     forward(str(tmp_path / "spool"), idle_exit=0)  # a fresh forwarder, as after a crash
     server = MLflowREST(uri)
-    run = site_run(server, name, "site-1")
+    run = site_run(server, name, site)
     points = server.history(run["info"]["run_id"], "train_loss")
     assert sorted(m["step"] for m in points) == list(range(50))
     assert run["info"]["status"] == "FINISHED"
@@ -269,9 +273,10 @@ def test_a_lost_answer_is_resent_without_duplicates(mlflow_servers, tmp_path, mo
 def test_a_record_is_visible_within_two_seconds(mlflow_servers, tmp_path):
     import subprocess
 
-    uri = mlflow_servers["site-2"].uri
+    site = SITES[1]
+    uri = mlflow_servers[site].uri
     name = f"fresh-{os.getpid()}"
-    w = new_spool(tmp_path, uri, name, site="site-2")
+    w = new_spool(tmp_path, uri, name, site=site)
     spool_dir = str(tmp_path / "spool")
     fwd = subprocess.Popen([sys.executable, os.path.join(ROOT, "job", "spool.py"), "forward", spool_dir])
     try:
@@ -308,7 +313,7 @@ sys.path.insert(0, sys.argv[1])
 from spool import SpoolWriter, counts, status
 
 spool_dir = sys.argv[2]
-w = SpoolWriter(spool_dir, "disk-full", {"tracking_uri": "http://127.0.0.1:1", "experiment_name": "e", "site": "site-1",
+w = SpoolWriter(spool_dir, "disk-full", {"tracking_uri": "http://127.0.0.1:1", "experiment_name": "e", "site": sys.argv[3],
                                          "job_id": "disk-full", "run_name": "r", "created_ms": 0})
 ok = sum(w.append("metric", "m", float(i), i) for i in range(100))
 # The storage refuses to grow any file past its size now: writes fail as on a full disk (EFBIG, not a signal).
@@ -332,7 +337,7 @@ def test_a_failed_spool_write_is_counted_keeps_the_rest_and_resumes(tmp_path):
     import json
 
     spool_dir = str(tmp_path / "spool")
-    child = subprocess.run([sys.executable, "-c", FULL_DISK, os.path.join(ROOT, "job"), spool_dir],
+    child = subprocess.run([sys.executable, "-c", FULL_DISK, os.path.join(ROOT, "job"), spool_dir, SITES[0]],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-3000:]
     r = json.loads(child.stdout.strip().splitlines()[-1])
@@ -373,8 +378,9 @@ def test_a_forwarder_exits_soon_after_its_spool_folder_is_removed(tmp_path):
 def test_a_deployed_site_delivers_only_to_its_own_server(mlflow_servers, tmp_path, monkeypatch):
     """FEDTRACK_TRACKING_URI (set by the site, not the job) is the only destination: a spool that
     names another server is refused and kept, and no credential is sent anywhere."""
-    monkeypatch.setenv("FEDTRACK_TRACKING_URI", mlflow_servers["site-2"].uri)
-    w = new_spool(tmp_path, mlflow_servers["site-1"].uri, f"elsewhere-{os.getpid()}")
+    site, elsewhere = SITES[1], SITES[0]  # the site's own server; the one its spool names instead
+    monkeypatch.setenv("FEDTRACK_TRACKING_URI", mlflow_servers[site].uri)
+    w = new_spool(tmp_path, mlflow_servers[elsewhere].uri, f"elsewhere-{os.getpid()}", site=elsewhere)
     w.append("metric", "train_loss", 0.5, 0)
     w.close()
     d = Delivery(w.path)
@@ -382,4 +388,4 @@ def test_a_deployed_site_delivers_only_to_its_own_server(mlflow_servers, tmp_pat
         d.step()
     assert d.counts()[0] == 2  # the metric and the end record, still spooled
     d.close()
-    assert MLflowREST(mlflow_servers["site-1"].uri).experiment_by_name(f"elsewhere-{os.getpid()}") is None
+    assert MLflowREST(mlflow_servers[elsewhere].uri).experiment_by_name(f"elsewhere-{os.getpid()}") is None

@@ -6,16 +6,17 @@ import os
 
 import pytest
 
+from checks import SITES
 from support import ROOT, run_job
 
-URIS = {"site-1": "http://mlflow-site-1:5000", "site-2": "http://mlflow-site-2:5000"}
+URIS = {site: f"http://mlflow-{site}:5000" for site in SITES}
+SITE_ARGS = [a for s, u in URIS.items() for a in ("--site", f"{s}={u}")]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    args = [a for s, u in URIS.items() for a in ("--site", f"{s}={u}")]
-    result = run_job(*args, "--env", "export", "--export-dir", str(out), "--rounds", "4", "--name", "exp")
+    result = run_job(*SITE_ARGS, "--env", "export", "--export-dir", str(out), "--rounds", "4", "--name", "exp")
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "exp"
 
@@ -39,7 +40,7 @@ def test_each_site_gets_one_receiver_at_its_own_uri(exported):
 
 
 def test_no_client_forwards_analytics_to_the_server(exported):
-    from job import forwarding_components
+    from audit import forwarding_components
 
     assert forwarding_components(str(exported)) == []
     for site in URIS:
@@ -70,7 +71,8 @@ def test_no_host_specific_path_in_the_job(exported):
 def test_the_job_is_configuration_only(exported):
     """No code travels with the job (every site refuses custom code): the sites run the training
     script, receiver and model installed in their image, named by path and module."""
-    from job import SITE_CODE, custom_code
+    from audit import custom_code
+    from recipe import SITE_CODE
 
     assert custom_code(str(exported)) == []
     assert not [d for d, _, _ in os.walk(exported) if os.path.basename(d) == "custom"]
@@ -100,6 +102,27 @@ def test_the_job_uses_only_the_classes_each_sites_policy_allows(exported):
 
 def test_a_relative_site_code_path_is_a_one_line_error(tmp_path):
     """A relative --site-code would make the training script travel with the job: refused."""
-    result = run_job("--site", "site-1=http://a:1", "--site", "site-2=http://b:2", "--env", "export",
+    result = run_job(*SITE_ARGS, "--env", "export",
                      "--export-dir", str(tmp_path), "--site-code", "job")
     assert result.returncode == 2 and "error: --site-code 'job': give the absolute path" in result.stderr
+
+
+def test_without_site_flags_the_job_takes_every_site_and_uri_from_the_project(tmp_path):
+    import yaml
+
+    from support import PROJECT
+
+    with open(PROJECT) as f:
+        doc = yaml.safe_load(f)
+    doc["participants"] = [p for p in doc["participants"] if p["type"] != "client"] + [
+        {"name": "north", "type": "client", "org": "n"},
+        {"name": "south", "type": "client", "org": "s", "tracking_uri": "https://mlflow.south.example:8443"}]
+    project = tmp_path / "project.yml"
+    project.write_text(yaml.safe_dump(doc))
+    result = run_job("--project", str(project), "--env", "export", "--export-dir", str(tmp_path), "--name", "proj")
+    assert result.returncode == 0, result.stderr[-3000:]
+    uris = {}
+    for site in ("north", "south"):
+        receiver = next(c for c in client_config(tmp_path / "proj", site)["components"] if c["path"].endswith("SiteMLflowReceiver"))
+        uris[site] = receiver["args"]["tracking_uri"]
+    assert uris == {"north": "http://mlflow-north:5000", "south": "https://mlflow.south.example:8443"}

@@ -8,8 +8,10 @@ import subprocess
 
 import pytest
 
+from checks import SITES
 from mlflow_rest import MLflowREST
 from support import ROOT, free_port
+from topology import port_var
 
 
 def pytest_collection_modifyitems(items):
@@ -27,7 +29,7 @@ class Stack:
         self.kits = os.path.join(root, "kits")
         self.ca = os.path.join(root, "ca")
         self.data = os.path.join(root, "data")
-        self.ports = {"site-1": free_port(), "site-2": free_port()}
+        self.ports = {site: free_port() for site in SITES}  # MLFLOW_PORT_<SITE> overrides project.yml's
         self.rounds = 3
         self.job_ids = []
         self.vars = [
@@ -37,11 +39,10 @@ class Stack:
             f"KITS_ROOT={self.kits}",
             f"CA_DIR={self.ca}",
             f"DATA_DIR={self.data}",
-            f"MLFLOW_SITE1_PORT={self.ports['site-1']}",
-            f"MLFLOW_SITE2_PORT={self.ports['site-2']}",
+            *(f"{port_var(site)}={port}" for site, port in self.ports.items()),
         ]
         self.env = dict(os.environ, COMPOSE_PROJECT_NAME=self.name, KITS_ROOT=self.kits, CA_DIR=self.ca, DATA_DIR=self.data,
-                        MLFLOW_SITE1_PORT=str(self.ports["site-1"]), MLFLOW_SITE2_PORT=str(self.ports["site-2"]))
+                        **{port_var(site): str(port) for site, port in self.ports.items()})
 
     def uri(self, site: str) -> str:
         return f"http://127.0.0.1:{self.ports[site]}"
@@ -60,10 +61,10 @@ class Stack:
         return self.compose("--profile", "admin", "run", "--rm", "-T", "admin", *args, check=check, timeout=timeout)
 
     def admin_python(self, code: str, *args) -> str:
-        """Run `code` with an admin session `sess` (the image's scripts/flare_admin.py) in the admin
+        """Run `code` with an admin session `sess` (the image's stack/flare_admin.py) in the admin
         container; its standard output."""
         body = "\n".join("    " + line for line in code.strip("\n").splitlines())
-        script = ("import json, os, sys\nsys.path.insert(0, 'scripts')\nfrom flare_admin import session\nsess = session()\n"
+        script = ("import json, os, sys\nsys.path.insert(0, 'stack')\nfrom flare_admin import session\nsess = session()\n"
                   f"try:\n{body}\nfinally:\n    sess.close()\n"
                   "    sys.stdout.flush()\n    os._exit(0)\n")  # the session's threads would keep it alive
         return self.admin("python3", "-c", script, *args).stdout

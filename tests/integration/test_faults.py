@@ -17,7 +17,17 @@ from support import ROOT, wait_until
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 ENDED = ("FINISHED", "FAILED", "KILLED")
-SMALL_SPOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "small-spool.yml")
+SITE, OTHER = SITES[:2]  # the site these faults hit, and a site that runs on beside it
+
+# For the full-spool test only: SITE's tracking spool on a 16 MiB tmpfs, so that a test can fill it
+# (never the host's disk) and watch records fail, be counted, and resume. A compose overlay.
+SMALL_SPOOL = f"""services:
+  {SITE}:
+    tmpfs:
+      - /tmp:size=512m
+      - /home/flare:size=64m
+      - /workspace/tracking-spool:size=16m,uid=10001,gid=10001,mode=0700
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,8 +38,7 @@ def idle(stack):
 
 def submit(stack, name: str, rounds: int) -> str:
     out = stack.admin("python3", "job/job.py", "--env", "prod", "--startup-kit", "/kit", "--no-wait", "--name", name,
-                      "--rounds", str(rounds), "--data-dir", "/data", "--site", "site-1=http://mlflow-site-1:5000",
-                      "--site", "site-2=http://mlflow-site-2:5000").stdout
+                      "--rounds", str(rounds), "--data-dir", "/data").stdout
     return re.search(r"submitted job (\S+)", out).group(1)
 
 
@@ -49,10 +58,10 @@ def wait_for_round(stack, site: str, name: str, rnd: int):
 
 
 def job_in_round_2(stack, suffix: str) -> tuple:
-    """(name, job id) of a new 30-round job, once site-1 has begun its round 2."""
+    """(name, job id) of a new 30-round job, once SITE has begun its round 2."""
     name = f"{stack.job_name}-{suffix}"
     job_id = submit(stack, name, rounds=30)
-    wait_for_round(stack, "site-1", name, 2)
+    wait_for_round(stack, SITE, name, 2)
     return name, job_id
 
 
@@ -84,33 +93,34 @@ def make_wait_fails(stack, job_id: str, status: str) -> str:
 
 
 def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_runs_killed(stack):
-    """site-1's MLflow is down, so its spool holds the job's records: `make clean` refuses and
+    """SITE's MLflow is down, so its spool holds the job's records: `make clean` refuses and
     removes nothing; an admin's abort_job then ends the job, and both sites' runs end KILLED."""
     name = f"{stack.job_name}-abort"
-    stack.compose("stop", "mlflow-site-1")
+    stack.compose("stop", f"mlflow-{SITE}")
     try:
         job_id = submit(stack, name, rounds=30)
-        wait_for_round(stack, "site-2", name, 1)
-        wait_until(lambda: int(stack.compose("exec", "-T", "site-1", "python3", "/opt/fedtrack/job/spool.py", "count",
+        wait_for_round(stack, OTHER, name, 1)
+        wait_until(lambda: int(stack.compose("exec", "-T", SITE, "python3", "/opt/fedtrack/job/spool.py", "count",
                                              "/workspace/tracking-spool").stdout.strip() or 0) > 0, 300,
-                   "records in site-1's spool")
+                   f"records in {SITE}'s spool")
         volumes = stack.compose("config", "--volumes").stdout.split()
         refused = stack.make("clean", check=False, extra=["CONFIRM=yes"])
         assert refused.returncode != 0
-        # site-1's spool holds the job's records; site-2's may hold the few its forwarder has not sent yet
-        assert re.search(r"error: undelivered tracking records \([^)]*site-1-workspace: [1-9]\d*", refused.stderr), refused.stderr
+        # SITE's spool holds the job's records; OTHER's may hold the few its forwarder has not sent yet
+        assert re.search(rf"error: undelivered tracking records \([^)]*{re.escape(SITE)}-workspace: [1-9]\d*", refused.stderr), \
+            refused.stderr
         assert "DISCARD_UNDELIVERED=yes" in refused.stderr and "Nothing removed" in refused.stderr
         mlflow_only = stack.make("clean", check=False, extra=["DISCARD_UNDELIVERED=yes"])
         assert mlflow_only.returncode != 0 and "make clean CONFIRM=yes" in mlflow_only.stderr, mlflow_only.stderr
         left = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.name}"],
                               capture_output=True, text=True).stdout.split()
         assert sorted(f"{stack.name}_{v}" for v in volumes) == sorted(left), "make clean removed a volume it refused"
-        assert rounds_begun(stack, "site-2", name) >= 1 and stack.compose("ps", "-q", "site-1").stdout.strip()
+        assert rounds_begun(stack, OTHER, name) >= 1 and stack.compose("ps", "-q", SITE).stdout.strip()
 
         stack.admin_python("print(sess.abort_job(sys.argv[1]))", job_id)
         make_wait_fails(stack, job_id, "FINISHED:ABORTED")
     finally:
-        stack.compose("start", "mlflow-site-1")
+        stack.compose("start", f"mlflow-{SITE}")
     for site in SITES:
         run = ended_run(stack, site, name, job_id)
         assert run["info"]["status"] == "KILLED", f"{site}: {run['info']}"
@@ -121,18 +131,18 @@ def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_
 
 def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(stack):
     name, job_id = job_in_round_2(stack, "kill")
-    stack.compose("kill", "site-1")
+    stack.compose("kill", SITE)
     killed = time.monotonic()
-    stack.compose("up", "-d", "--no-deps", "site-1")  # back, as a restart policy or a host reboot would bring it
+    stack.compose("up", "-d", "--no-deps", SITE)  # back, as a restart policy or a host reboot would bring it
     out = make_wait_fails(stack, job_id, "FINISHED:")
-    print(f"\nthe job ended {time.monotonic() - killed:.0f} s after site-1's client was killed: {out}")
+    print(f"\nthe job ended {time.monotonic() - killed:.0f} s after {SITE}'s client was killed: {out}")
     for site in SITES:
         run = ended_run(stack, site, name, job_id)
         assert run["info"]["status"] == "FAILED", f"{site}: {run['info']}"
         # Nothing logged before the kill is lost, nothing doubled: the global step runs from 0 without a gap.
         steps = sorted(m["step"] for m in stack.mlflow(site).history(run["info"]["run_id"], "train_loss"))
         assert steps and steps == list(range(len(steps))), f"{site}: train_loss steps have gaps or repeats"
-    wait_until(lambda: health(stack, "site-1") == "healthy", 300, "site-1 healthy again")
+    wait_until(lambda: health(stack, SITE) == "healthy", 300, f"{SITE} healthy again")
 
 
 # --------------------------------------------------------------------------- the server stops, the server restarts
@@ -174,10 +184,10 @@ def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
     """KITS_ROOT and CA_DIR that hold other files: those stay, and so do the folders; the checkout
     itself is refused. Its own compose project name: the shared stack is not touched."""
     kits, ca = tmp_path / "kits", tmp_path / "ca"
-    for folder in (kits / "fedtrack" / "prod_00" / "site-1", kits / "secrets" / "site-1", ca):
+    for folder in (kits / "fedtrack" / "prod_00" / SITE, kits / "secrets" / SITE, ca):
         folder.mkdir(parents=True)
     (kits / ".project.sha256").write_text("x")
-    (kits / "secrets" / "site-1" / "p").write_text("x")
+    (kits / "secrets" / SITE / "p").write_text("x")
     (ca / "cert.json").write_text("{}")
     (kits / "canary.txt").write_text("mine")
     (ca / "canary.txt").write_text("mine")
@@ -193,37 +203,39 @@ def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
 # --------------------------------------------------------------------------- a full spool volume
 
 
-def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_resumes(stack):
-    """site-1's spool folder is a 16 MiB tmpfs here (tests/integration/small-spool.yml: never the
-    host's disk), filled before the job: every record fails until the filler is removed mid-job;
-    then spooling resumes, and delivered + counted-as-lost adds up to what the site logged."""
-    files = ["-f", os.path.join(ROOT, "docker-compose.yml"), "-f", SMALL_SPOOL]
+def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_resumes(stack, tmp_path):
+    """SITE's spool folder is a 16 MiB tmpfs here (the SMALL_SPOOL overlay: never the host's disk),
+    filled before the job: every record fails until the filler is removed mid-job; then spooling
+    resumes, and delivered + counted-as-lost adds up to what the site logged."""
+    overlay = tmp_path / "small-spool.yml"
+    overlay.write_text(SMALL_SPOOL)
+    files = ["-f", os.path.join(ROOT, "docker-compose.yml"), "-f", str(overlay)]
     name = f"{stack.job_name}-full"
     rounds = 10  # long enough that the filler goes while it trains
-    # The last test of the module: site-1 stays on its small spool; the stack's teardown removes it.
-    stack.compose(*files, "up", "-d", "--no-deps", "--wait", "site-1", timeout=600)
-    stack.compose("exec", "-T", "site-1", "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
-    wait_until(lambda: health(stack, "site-1") == "unhealthy", 60, "site-1 unhealthy with a full spool")
+    # The last test of the module: SITE stays on its small spool; the stack's teardown removes it.
+    stack.compose(*files, "up", "-d", "--no-deps", "--wait", SITE, timeout=600)
+    stack.compose("exec", "-T", SITE, "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
+    wait_until(lambda: health(stack, SITE) == "unhealthy", 60, f"{SITE} unhealthy with a full spool")
     job_id = submit(stack, name, rounds=rounds)
-    wait_for_round(stack, "site-2", name, 2)
-    wait_until(lambda: "FAILING now" in spool_line(stack, "site-1"), 120, "site-1's failed writes in its status")
+    wait_for_round(stack, OTHER, name, 2)
+    wait_until(lambda: "FAILING now" in spool_line(stack, SITE), 120, f"{SITE}'s failed writes in its status")
     status = stack.make("status").stdout
-    lost_then = int(re.search(r"site-1 tracking spool: .* (\d+) lost \(spool write failed\); spool writes are FAILING now",
-                              status).group(1))
+    lost_then = int(re.search(rf"{re.escape(SITE)} tracking spool: .* (\d+) lost \(spool write failed\); "
+                              r"spool writes are FAILING now", status).group(1))
     assert lost_then > 0, status
-    assert rounds_begun(stack, "site-2", name) < rounds - 2, "the job ended before space returned: give it more rounds"
-    stack.compose("exec", "-T", "site-1", "rm", "/workspace/tracking-spool/filler")
-    wait_until(lambda: health(stack, "site-1") == "healthy", 60, "site-1 healthy once space returns")
+    assert rounds_begun(stack, OTHER, name) < rounds - 2, "the job ended before space returned: give it more rounds"
+    stack.compose("exec", "-T", SITE, "rm", "/workspace/tracking-spool/filler")
+    wait_until(lambda: health(stack, SITE) == "healthy", 60, f"{SITE} healthy once space returns")
     assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=900).stdout
-    run = ended_run(stack, "site-1", name, job_id)
-    site1 = stack.mlflow("site-1")
-    delivered = sum(len(site1.history(run["info"]["run_id"], k)) for k in ("train_loss", "accuracy", "local_accuracy"))
-    lost = int(re.search(r"(\d+) lost \(spool write failed\)", spool_line(stack, "site-1")).group(1))
-    # What site-1 logged: per round one accuracy, one local_accuracy and its train_loss steps (as at site-1 in the stack's first job).
-    first = site_run(site1, f"{stack.job_name}-site-1", "site-1", stack.job_ids[0])
-    steps_per_round = len(site1.history(first["info"]["run_id"], "train_loss")) // stack.rounds
+    run = ended_run(stack, SITE, name, job_id)
+    server = stack.mlflow(SITE)
+    delivered = sum(len(server.history(run["info"]["run_id"], k)) for k in ("train_loss", "accuracy", "local_accuracy"))
+    lost = int(re.search(r"(\d+) lost \(spool write failed\)", spool_line(stack, SITE)).group(1))
+    # What SITE logged: per round one accuracy, one local_accuracy and its train_loss steps (as at SITE in the stack's first job).
+    first = site_run(server, f"{stack.job_name}-{SITE}", SITE, stack.job_ids[0])
+    steps_per_round = len(server.history(first["info"]["run_id"], "train_loss")) // stack.rounds
     params_and_tags = 7  # the params logged at round 0, lost too while the volume was full
-    print(f"\nsite-1: {delivered} points delivered, {lost} records lost (with the full volume: {lost_then})")
+    print(f"\n{SITE}: {delivered} points delivered, {lost} records lost (with the full volume: {lost_then})")
     assert lost >= lost_then and delivered > 0
     assert delivered + lost == rounds * (steps_per_round + 2) + params_and_tags, (delivered, lost, steps_per_round)
     assert run["info"]["status"] == "FINISHED"

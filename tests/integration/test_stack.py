@@ -82,7 +82,7 @@ def gateway(stack, network: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-@pytest.mark.parametrize("site, outsiders", [("site-1", ["server", "site-2"]), ("site-2", ["server", "site-1"])])
+@pytest.mark.parametrize("site, outsiders", [(site, ["server", *(s for s in SITES if s != site)]) for site in SITES])
 def test_a_sites_mlflow_is_invisible_to_the_server_and_the_other_site(stack, site, outsiders):
     ips = mlflow_ips(stack, site)
     for service in outsiders:
@@ -119,34 +119,35 @@ def wall_seconds(run: dict) -> float:
 
 
 def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
-    """mlflow-site-2 is down before the job starts and back only after it ends; mlflow-site-1 is
-    stopped during round 2 and started again 60 s later. Nothing is lost, nothing doubled."""
+    """The absent site's MLflow is down before the job starts and back only after it ends; the
+    paused site's is stopped during round 2 and started again 60 s later. Nothing is lost, nothing
+    doubled."""
+    paused, absent = SITES[:2]
     name = f"{stack.job_name}-outage"
-    stack.compose("stop", "mlflow-site-2")
+    stack.compose("stop", f"mlflow-{absent}")
     out = stack.admin("python3", "job/job.py", "--env", "prod",
                       "--startup-kit", "/kit", "--no-wait", "--name", name, "--rounds", str(stack.rounds),
-                      "--data-dir", "/data", "--site", "site-1=http://mlflow-site-1:5000",
-                      "--site", "site-2=http://mlflow-site-2:5000").stdout
+                      "--data-dir", "/data").stdout
     job_id = re.search(r"submitted job (\S+)", out).group(1)
-    site1 = stack.mlflow("site-1")
+    paused_server = stack.mlflow(paused)
 
     def in_round_2():
         try:
-            exp = site1.experiment_by_name(f"{name}-site-1")
-            runs = site1.runs([exp["experiment_id"]]) if exp else []
-            return bool(runs) and len(site1.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
+            exp = paused_server.experiment_by_name(f"{name}-{paused}")
+            runs = paused_server.runs([exp["experiment_id"]]) if exp else []
+            return bool(runs) and len(paused_server.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
         except OSError:
             return False
 
-    wait_until(in_round_2, 600, "round 2 at site-1")
-    stack.compose("stop", "mlflow-site-1")
+    wait_until(in_round_2, 600, f"round 2 at {paused}")
+    stack.compose("stop", f"mlflow-{paused}")
     stopped = time.monotonic()
     status = stack.make("status").stdout
-    assert re.search(r"site-2 tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status
+    assert re.search(rf"{re.escape(absent)} tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status
     time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
-    stack.compose("start", "mlflow-site-1")
+    stack.compose("start", f"mlflow-{paused}")
     assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=1800).stdout
-    stack.compose("start", "mlflow-site-2")
+    stack.compose("start", f"mlflow-{absent}")
     for site in SITES:
         server = stack.mlflow(site)
         run = site_run(server, f"{name}-{site}", site, job_id, wait=300)  # delivered after the outage
@@ -157,7 +158,7 @@ def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
         # 2-core machine, this one beside `make status` and the outage's restarts: with a CPU hog on
         # one core it took 88-95 s against 18-19 s. Training that waited on tracking would take
         # minutes more (the stock receiver blocks about 247 s per failed flush) or never end
-        # (site-2's server is back only after the job).
+        # (the absent site's server is back only after the job).
         normal = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
         took, baseline = wall_seconds(run), wall_seconds(normal)
         bound = 2 * baseline + 120

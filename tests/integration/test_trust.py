@@ -90,11 +90,11 @@ def test_a_job_with_custom_code_is_refused_by_each_site_and_runs_nowhere(stack, 
     code = """
 import os, subprocess, tempfile, time
 tmp = tempfile.mkdtemp()
-subprocess.run([sys.executable, "job/job.py", "--env", "export", "--export-dir", tmp, "--name", "byoc-probe",
-                "--site", "site-1=http://mlflow-site-1:5000", "--site", "site-2=http://mlflow-site-2:5000"],
+subprocess.run([sys.executable, "job/job.py", "--env", "export", "--export-dir", tmp, "--name", "byoc-probe"],
                check=True, capture_output=True)
 job = os.path.join(tmp, "byoc-probe")
-for app in ("app_site-1", "app_site-2"):  # custom code, as a BYOC job carries it
+for site in sys.argv[1:]:  # custom code in each site's app, as a BYOC job carries it
+    app = "app_" + site
     os.makedirs(os.path.join(job, app, "custom"), exist_ok=True)
     with open(os.path.join(job, app, "custom", "probe.py"), "w") as f:
         f.write("open('/workspace/BYOC_RAN', 'w').write('ran')\\n")
@@ -107,7 +107,7 @@ for _ in range(100):
 print("STATUS", status)
 print("DETAIL", json.dumps(sess.get_job_meta(job_id).get("job_deploy_detail")))
 """
-    out = stack.admin_python(code)
+    out = stack.admin_python(code, *SITES)
     assert "STATUS FINISHED:FAILED_TO_RUN" in out, out
     detail = json.loads(out.split("DETAIL ", 1)[1].splitlines()[0])
     for site in SITES:
@@ -178,7 +178,8 @@ def run_rogue_client(stack, kit: str, name: str) -> str:
 def test_a_client_from_another_provisioning_is_refused(stack, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
-    project = open(os.path.join(ROOT, "provision", "project.yml")).read().replace("name: site-2", "name: site-9")
+    renamed = SITES[-1]  # in the other provisioning this site is site-9, a name the project lacks
+    project = open(os.path.join(ROOT, "provision", "project.yml")).read().replace(f"name: {renamed}", "name: site-9")
     (other / "project.yml").write_text(project)
     subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{other}:/w",
                     "--entrypoint", "bash", FLARE_IMAGE, "-c",
@@ -191,11 +192,12 @@ def test_a_client_from_another_provisioning_is_refused(stack, tmp_path):
     assert registered_clients(stack) >= set(SITES)
 
 
-def test_site_1s_certificate_under_another_name_is_refused(stack, tmp_path):
+def test_a_sites_certificate_under_another_name_is_refused(stack, tmp_path):
+    site = SITES[0]
     kit = tmp_path / "renamed"
-    shutil.copytree(os.path.join(stack.kits, "fedtrack", "prod_00", "site-1"), kit, symlinks=True)
+    shutil.copytree(os.path.join(stack.kits, "fedtrack", "prod_00", site), kit, symlinks=True)
     sub_start = kit / "startup" / "sub_start.sh"
-    sub_start.write_text(sub_start.read_text().replace("uid=site-1", "uid=site-9"))
+    sub_start.write_text(sub_start.read_text().replace(f"uid={site}", "uid=site-9"))
     subprocess.run(["chown", "-R", "10001", str(kit)], check=True)
     logs = run_rogue_client(stack, str(kit), f"{stack.name}-rogue-name")
     assert "uid=site-9" in logs, logs[-2000:]  # it did try, as site-9
@@ -469,18 +471,17 @@ def test_the_ui_logged_in_calls_no_host_but_its_sites(stack, site, finished_job,
 
 
 def test_a_wrong_forwarder_password_is_one_clear_line_and_records_wait(stack, finished_job):
-    site = "site-1"
+    site = SITES[0]
     admin = stack.mlflow(site)
     right = stack.secret(site, "forwarder_password")
     admin._call("PATCH", "/api/2.0/mlflow/users/update-password", body={"username": "forwarder", "password": "wrong-password-123"})
     name = f"{stack.job_name}-wrongpw"
     try:
         out = stack.admin("python3", "job/job.py", "--env", "prod", "--startup-kit", "/kit", "--name", name,
-                          "--rounds", "1", "--local-epochs", "1", "--data-dir", "/data", "--timeout", "900",
-                          "--site", "site-1=http://mlflow-site-1:5000", "--site", "site-2=http://mlflow-site-2:5000").stdout
+                          "--rounds", "1", "--local-epochs", "1", "--data-dir", "/data", "--timeout", "900").stdout
         assert "FINISHED:COMPLETED" in out, out
         status = stack.make("status").stdout
-        assert re.search(r"site-1 tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status
+        assert re.search(rf"{re.escape(site)} tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status
         logs = stack.compose("logs", "--no-color", site).stdout
         lines = [l for l in logs.splitlines() if "refused the forwarder's login (HTTP 401)" in l]
         assert len(lines) == 1 and "mlflow_forwarder_password" in lines[0], lines or logs[-3000:]

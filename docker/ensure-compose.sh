@@ -8,7 +8,7 @@
 #
 # Note for this project's engine (Docker 20.10, no buildx plugin): Compose v2 cannot build with
 # BuildKit/bake here; `docker compose build` then needs DOCKER_BUILDKIT=0 (classic builder).
-# scripts/build-images.sh builds the images with plain `docker build` instead, so compose files
+# docker/build-images.sh builds the images with plain `docker build` instead, so compose files
 # should only reference the prebuilt tags.
 #
 # Environment:

@@ -1,7 +1,7 @@
 """Per-site tracking status, read from each site's MLflow through its published UI port, logged in as
 the site's MLflow admin (passwords from the secrets `make provision` made).
 
-    python3 scripts/status.py [--secrets DIR] site-1=http://127.0.0.1:5001 site-2=http://127.0.0.1:5002
+    python3 stack/status.py [--secrets DIR] SITE=http://127.0.0.1:PORT ...
 """
 
 import argparse

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the project's Docker images from scratch on a machine with no container registry:
-#   1. scripts/ensure-compose.sh   Compose v2 CLI plugin (for the compose files that use the images)
-#   2. scripts/base-image.sh       Python 3.11 base (pulled, or debootstrapped + imported)
-#   3. scripts/wheelhouse.sh       wheels for both images in build/wheelhouse/{flare,mlflow}
+#   1. docker/ensure-compose.sh   Compose v2 CLI plugin (for the compose files that use the images)
+#   2. docker/base-image.sh       Python 3.11 base (pulled, or debootstrapped + imported)
+#   3. docker/wheelhouse.sh       wheels for both images in build/wheelhouse/{flare,mlflow}
 #   4. docker build                fedtrack/flare:<nvflare pin>, fedtrack/mlflow:<mlflow pin>
 #      (context: build/context/<image>/ = hard links to its wheelhouse + docker/flare-entrypoint.sh)
 # Tags come from requirements.txt. A build is skipped when an image with that tag carries a
@@ -10,14 +10,14 @@
 # the base image ID and its extra context files (FORCE=1 rebuilds; not passed on to steps 1-3).
 #
 # Environment:
-#   BASE_IMAGE        preferred base (see scripts/base-image.sh)
+#   BASE_IMAGE        preferred base (see docker/base-image.sh)
 #   DOCKER_BUILDKIT   default 0 here: the engine has no buildx, the Dockerfiles need no BuildKit
 #   PRUNE_BUILD_STAGE 1 drops the multi-stage `build` leftovers (wheel copy + venv: ~8.6 GB for flare,
 #                     ~1 GB for mlflow). By default the newest is kept, tagged fedtrack/build-cache:<image>,
 #                     so that edits to the final stage (e.g. docker/flare-entrypoint.sh) rebuild in seconds;
 #                     older ones (images labelled fedtrack.stage=build) are always pruned.
 #   SKIP_COMPOSE=1    do not install the Compose plugin
-#   plus everything scripts/wheelhouse.sh reads (TORCH_INDEX_URL, PIP_EXTRA_ARGS, ...)
+#   plus everything docker/wheelhouse.sh reads (TORCH_INDEX_URL, PIP_EXTRA_ARGS, ...)
 set -euo pipefail
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
@@ -49,18 +49,18 @@ TORCH_VERSION="$(pin torch)"
 total=$SECONDS
 if [[ "${SKIP_COMPOSE:-0}" != 1 ]]; then
   log "step 1/4: ensure docker compose v2"
-  "$ROOT/scripts/ensure-compose.sh"
+  "$ROOT/docker/ensure-compose.sh"
 fi
 
 log "step 2/4: ensure base image"
 start=$SECONDS
-BASE="$("$ROOT/scripts/base-image.sh" | tail -n1)"
-[[ -n "$BASE" ]] || die "scripts/base-image.sh printed no image"
+BASE="$("$ROOT/docker/base-image.sh" | tail -n1)"
+[[ -n "$BASE" ]] || die "docker/base-image.sh printed no image"
 log "base image: $BASE ($((SECONDS - start)) s)"
 
 log "step 3/4: ensure wheelhouse"
 start=$SECONDS
-"$ROOT/scripts/wheelhouse.sh"
+"$ROOT/docker/wheelhouse.sh"
 log "wheelhouse ready ($((SECONDS - start)) s)"
 
 base_id="$(docker image inspect -f '{{.Id}}' "$BASE")"
@@ -71,8 +71,11 @@ context_files() {
   case "$1" in
     flare) echo "$ROOT/docker/flare-entrypoint.sh:flare-entrypoint.sh"
            echo "$ROOT/docker/flare-health.py:flare-health.py"
-           for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json; do echo "$f:${f#"$ROOT"/}"; done
-           echo "$ROOT/scripts/flare_admin.py:scripts/flare_admin.py" ;;
+           # The site code (not the benchmark), the policy, and the admin's and the job's stack modules.
+           for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json "$ROOT"/stack/flare_admin.py \
+                    "$ROOT"/stack/topology.py; do
+             [[ "$f" == */job/bench_* ]] || echo "$f:${f#"$ROOT"/}"
+           done ;;
     mlflow) echo "$ROOT/docker/mlflow-site.py:mlflow-site.py" ;;
   esac
 }
@@ -86,7 +89,7 @@ build() {
   local ctx="$BUILD_DIR/context/$name" buildlog="$BUILD_DIR/docker-build-$name.log"
   local hash current old_id start spec src dst extra=()
   [[ -f "$dockerfile" ]] || die "$dockerfile missing"
-  [[ -f "$wheels/requirements.txt" ]] || die "$wheels/requirements.txt missing: run scripts/wheelhouse.sh"
+  [[ -f "$wheels/requirements.txt" ]] || die "$wheels/requirements.txt missing: run docker/wheelhouse.sh"
   while IFS= read -r spec; do
     [[ -n "$spec" ]] || continue
     src="${spec%%:*}"

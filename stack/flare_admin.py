@@ -1,9 +1,9 @@
 """Follow the FL system with the admin startup kit (runs in the `admin` container, FL network only).
 
-    python3 scripts/flare_admin.py status               server, registered clients, recent jobs
-    python3 scripts/flare_admin.py clients site-1 ...   exit 0 when all named clients are registered
-    python3 scripts/flare_admin.py active NAME          print the id of an unfinished job named NAME
-    python3 scripts/flare_admin.py wait [JOB_ID]        wait for a job (default: the newest) to end
+    python3 stack/flare_admin.py status               server, registered clients, recent jobs
+    python3 stack/flare_admin.py clients SITE ...     exit 0 when all named clients are registered
+    python3 stack/flare_admin.py active NAME          print the id of an unfinished job named NAME
+    python3 stack/flare_admin.py wait [JOB_ID]        wait for a job (default: the newest) to end
 """
 
 import argparse

@@ -56,6 +56,9 @@ clean_all() {
     fi
   fi
   $COMPOSE --profile admin --profile tools down --volumes --remove-orphans
+  # Volumes of sites the project no longer lists (the compose file does not name them; checked above).
+  local left; left=$(volumes)
+  [ -z "$left" ] || docker volume rm $left >/dev/null
   clean_kits
   clean_ca
 }

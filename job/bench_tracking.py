@@ -1,12 +1,12 @@
 """Benchmark of site-local metric delivery: prints figures, asserts nothing.
 
-    .venv/bin/python scripts/bench_tracking.py [--quick]
+    .venv/bin/python job/bench_tracking.py [--quick]
 
 1. Per-call cost of one metric log at the receiver (what the training thread pays): nvflare's
    stock MLflowReceiver vs this project's spooling receiver, with the tracking server up and down.
 2. Delivery latency, log call -> visible through the server's REST API (p50 / p95).
 3. Sustained delivery throughput, points per second for one site.
-4. The job's round time (simulator, 2 sites) with both servers up, and with site-1's server down
+4. The job's round time (simulator, 2 sites) with both servers up, and with the first site's server down
    for the whole job.
 Each part starts its own MLflow server(s) on free loopback ports and removes them afterwards.
 """
@@ -16,14 +16,16 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "job"), os.path.join(ROOT, "tests"), os.path.join(ROOT, "scripts")]
+sys.path[:0] = [os.path.join(ROOT, "job"), os.path.join(ROOT, "tests"), os.path.join(ROOT, "stack")]
 
 from mlflow_rest import MLflowREST  # noqa: E402
 from support import MLflowServer, free_port, run_job  # noqa: E402
+from topology import Project  # noqa: E402
+
+SITE, OTHER = Project(os.path.join(ROOT, "provision", "project.yml")).sites[:2]  # the job's first two sites
 
 
 def metric_shareable(step: int):
@@ -41,7 +43,7 @@ def per_call(receiver, n: int, interval: float = 0.005) -> list:
     for s in shareables:
         t0 = time.perf_counter()
         try:
-            receiver.save(None, s, "site-1")
+            receiver.save(None, s, SITE)
         except Exception:  # noqa: BLE001 - nvflare catches a failed save and logs it; the time counts
             pass
         out.append(time.perf_counter() - t0)
@@ -56,9 +58,9 @@ def stock_receiver(uri: str, up: bool):
 
     r = MLflowReceiver(tracking_uri=uri, buffer_flush_time=1)
     client = MlflowClient(tracking_uri=uri)
-    r.mlflow_clients["site-1"] = client
-    r.run_ids["site-1"] = client.create_run(client.create_experiment(f"bench-stock-{time.time()}")).info.run_id if up else "none"
-    r._init_buffer(["site-1"])
+    r.mlflow_clients[SITE] = client
+    r.run_ids[SITE] = client.create_run(client.create_experiment(f"bench-stock-{time.time()}")).info.run_id if up else "none"
+    r._init_buffer([SITE])
     return r
 
 
@@ -69,10 +71,10 @@ class SpoolingReceiver:
         from spool import SpoolWriter, start_forwarder
         from tracking import SiteMLflowReceiver
 
-        self.r = SiteMLflowReceiver("site-1", uri, name)
+        self.r = SiteMLflowReceiver(SITE, uri, name)
         self.r.spool_dir = spool_dir
         self.r.writer = SpoolWriter(spool_dir, name, {
-            "tracking_uri": uri, "experiment_name": name, "site": "site-1", "job_id": name, "run_name": name,
+            "tracking_uri": uri, "experiment_name": name, "site": SITE, "job_id": name, "run_name": name,
             "created_ms": int(time.time() * 1000)})
         start_forwarder(spool_dir)
         self.r._last_check = time.monotonic()
@@ -102,7 +104,7 @@ def bench_latency(server, tmp: str, n: int):
     from spool import SpoolWriter, start_forwarder
 
     name = f"bench-latency-{os.getpid()}"
-    w = SpoolWriter(tmp + "/lat", name, {"tracking_uri": server.uri, "experiment_name": name, "site": "site-1",
+    w = SpoolWriter(tmp + "/lat", name, {"tracking_uri": server.uri, "experiment_name": name, "site": SITE,
                                           "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
     start_forwarder(tmp + "/lat")
     rest = MLflowREST(server.uri)
@@ -128,7 +130,7 @@ def bench_throughput(server, tmp: str, n: int):
     from spool import SpoolWriter, start_forwarder
 
     name = f"bench-throughput-{os.getpid()}"
-    w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": "site-1",
+    w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": SITE,
                                          "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
     t0 = time.monotonic()
     for i in range(n):
@@ -156,16 +158,16 @@ def round_times(uri: str, name: str, site: str) -> list:
 
 
 def bench_rounds(tmp: str, rounds: int):
-    s1 = MLflowServer("site-1", tmp + "/r1").start()
-    s2 = MLflowServer("site-2", tmp + "/r2").start()
+    s1 = MLflowServer(SITE, tmp + "/r1").start()
+    s2 = MLflowServer(OTHER, tmp + "/r2").start()
     try:
         res = {}
-        for label, down in (("both servers up", False), ("site-1's server down", True)):
+        for label, down in (("both servers up", False), (f"{SITE}'s server down", True)):
             name = f"bench-rounds-{'down' if down else 'up'}-{os.getpid()}"
             if down:
                 s1.stop()
             t0 = time.monotonic()
-            r = run_job("--site", f"site-1={s1.uri}", "--site", f"site-2={s2.uri}", "--rounds", str(rounds),
+            r = run_job("--site", f"{SITE}={s1.uri}", "--site", f"{OTHER}={s2.uri}", "--rounds", str(rounds),
                         "--env", "sim", "--workspace", tmp + "/ws-" + name, "--name", name)
             wall = time.monotonic() - t0
             assert r.returncode == 0, r.stderr[-2000:]
@@ -175,7 +177,7 @@ def bench_rounds(tmp: str, rounds: int):
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
-                    times = round_times(s1.uri, name, "site-1")
+                    times = round_times(s1.uri, name, SITE)
                     if len(times) == rounds - 1:
                         break
                 except (OSError, TypeError, IndexError):
@@ -195,7 +197,7 @@ def main():
     n = 200 if args.quick else 1000
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            server = MLflowServer("site-1", tmp + "/mlflow").start()
+            server = MLflowServer(SITE, tmp + "/mlflow").start()
             try:
                 bench_per_call(server, tmp, n)
                 bench_latency(server, tmp, 20 if args.quick else 100)

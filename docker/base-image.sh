@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure a Python 3.11 base image exists in the local Docker engine and print its reference.
 #
-#   BASE=$(scripts/base-image.sh)     # last stdout line = image to pass as BASE_IMAGE
+#   BASE=$(docker/base-image.sh)     # last stdout line = image to pass as BASE_IMAGE
 #
 # 1. BASE_IMAGE (default python:3.11-slim-bookworm) already present -> use it.
 # 2. FALLBACK_TAG (default fedtrack/base:bookworm-py3.11) already present -> use it (cache).

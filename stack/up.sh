@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `make up`: the compose file from provision/project.yml, kits, services (waiting until healthy and
+# every site's client registered), then the job, unless a job of the same name is still running.
+# Returns while the job trains. `up.sh --check` only checks the knobs (make check, run before the
+# images are built; the project too once the FLARE image exists); `--compose-file` only writes the
+# compose file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:=}" "${DATASET:?}" "${NVFLARE_VERSION:?}"
+compose() { $COMPOSE "$@"; }
+admin() { compose run --rm -T admin "$@"; }
+die() { echo "error: $*" >&2; exit 2; }
+FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION
+
+# stack/topology.py runs in the FLARE image (its Python has PyYAML; the host's may not).
+topology() {
+  local var overrides=()
+  for var in $(compgen -e | grep '^MLFLOW_PORT_' || true); do overrides+=(-e "$var"); done
+  docker run --rm --network none --read-only --cap-drop ALL --user "$(id -u):$(id -g)" --entrypoint python3 \
+    ${overrides[@]+"${overrides[@]}"} \
+    -v "$PWD/stack/topology.py:/topology.py:ro" -v "$PWD/provision/project.yml:/project.yml:ro" \
+    "$FLARE_IMAGE" /topology.py "$@" /project.yml
+}
+
+# Bad input is one line saying what to fix, before anything is built or started (`make check`).
+check_knobs() {
+  [ -z "$ROUNDS" ] || { [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 10000 ]; } \
+    || die "ROUNDS=$ROUNDS: give a whole number of rounds from 1 to 10000"
+  case "$DATASET" in digits|cifar10) ;; *) die "DATASET=$DATASET: use digits (bundled) or cifar10";; esac
+  [[ "$JOB_NAME" =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || die "JOB_NAME=$JOB_NAME: use lowercase letters, digits, '-' and '_'"
+  [ -z "${TORCH_THREADS:-}" ] || [[ "$TORCH_THREADS" =~ ^[0-9]+$ ]] || die "TORCH_THREADS=$TORCH_THREADS: give a whole number (0: torch's default)"
+  if [ "$DATASET" = cifar10 ] && [ ! -f "${DATA_DIR:-./data}/cifar-10-batches-py/batches.meta" ]; then
+    die "CIFAR-10 not found in ${DATA_DIR:-./data}: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there, or set DATASET=digits"
+  fi
+}
+
+# The sites and their UI ports (project.yml's, or MLFLOW_PORT_<SITE> from .env or the command line).
+check_project() {
+  local spec
+  SITES=() PORTS=()
+  spec=$(topology check) || exit 2
+  for spec in $spec; do SITES+=("${spec%%=*}") PORTS+=("${spec#*=}"); done
+}
+
+check_knobs
+if [ "${1:-}" = --check ]; then
+  if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_project; fi
+  exit 0
+fi
+check_project
+
+# The compose file follows the project: written again only when the sites changed.
+topology compose > .docker-compose.yml.new || { rm -f .docker-compose.yml.new; exit 2; }
+if cmp -s .docker-compose.yml.new docker-compose.yml; then
+  rm .docker-compose.yml.new
+else
+  mv .docker-compose.yml.new docker-compose.yml
+  echo "docker-compose.yml: written again from provision/project.yml (sites: ${SITES[*]})"
+fi
+[ "${1:-}" != --compose-file ] || exit 0
+
+for i in "${!SITES[@]}"; do
+  site=${SITES[$i]} port=${PORTS[$i]}
+  # A port held by anything but this project's own MLflow is a clear error, not a half-started stack.
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null \
+     && [ "$(compose port "mlflow-$site" 5000 2>/dev/null)" != "127.0.0.1:$port" ]; then
+    die "port $port ($site's MLflow UI) is in use on 127.0.0.1; free it, or set mlflow_port for $site in provision/project.yml"
+  fi
+done
+mkdir -p "${DATA_DIR:-./data}"
+
+compose run --rm -T provision
+echo "Starting services and waiting until they are healthy (clients registered)..."
+compose up -d --wait --wait-timeout "${UP_TIMEOUT:-600}"
+admin python3 stack/flare_admin.py clients "${SITES[@]}"
+
+if job_id=$(admin python3 stack/flare_admin.py active "$JOB_NAME"); then
+  echo "Job $job_id ($JOB_NAME) is still running: not submitting another."
+else
+  # The job takes its sites and their tracking URIs from the project (mounted in the admin container).
+  out=$(admin python3 job/job.py --env prod --startup-kit /kit --no-wait --name "$JOB_NAME" \
+    ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" --data-dir /data ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} 2>&1) \
+    || { echo "$out" >&2; exit 1; }
+  job_id=$(sed -n 's/^submitted job //p' <<<"$out" | tail -n1)
+  echo "Submitted job $job_id ($(sed -n 's/^job plan: //p' <<<"$out"))."
+fi
+echo "  job id:          $job_id"
+for i in "${!SITES[@]}"; do
+  printf '  %-16s http://127.0.0.1:%s\n' "${SITES[$i]} MLflow:" "${PORTS[$i]}"
+done
+echo "Follow it with \`make status\`, wait for it with \`make wait\`."

@@ -1,0 +1,124 @@
+"""N sites from one list: three sites on one host, from a project.yml with three sites. A stack of
+its own, since another project is another compose file and other kits: a copy of the checkout."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from checks import check_only_own_runs, check_site_run, site_run
+from mlflow_rest import MLflowREST
+from support import ROOT, free_port
+
+pytestmark = pytest.mark.docker
+
+NEW_SITES = ("north", "south", "east")  # names no file of the checkout uses
+ROUNDS = 2
+
+PROBE = """
+import socket, sys
+try:
+    socket.gethostbyname(sys.argv[1]); print("resolved")
+except OSError:
+    print("no-resolve")
+for ip in sys.argv[2:]:
+    try:
+        socket.create_connection((ip, 5000), 3).close(); print("reached")
+    except OSError:
+        print("unreachable")
+"""
+
+
+def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} in {cwd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def copy_checkout(dest: str):
+    """The project's files (not its venv, images' build folder, kits or data); build/ is shared so
+    that `make up` finds the images up to date."""
+    skip = {".git", ".venv", "build", "dist", "data", "jobs", "workspace", "ca", "__pycache__", ".pytest_cache"}
+    shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in skip])
+    os.symlink(os.path.join(ROOT, "build"), os.path.join(dest, "build"))
+
+
+def write_project(path: str, sites: dict):
+    """project.yml with these sites ({name: UI port}) instead of the checkout's."""
+    with open(os.path.join(ROOT, "provision", "project.yml")) as f:
+        doc = yaml.safe_load(f)
+    doc["participants"] = [p for p in doc["participants"] if p["type"] != "client"] + [
+        {"name": s, "type": "client", "org": s, "mlflow_port": port} for s, port in sites.items()]
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def three_sites(tmp_path_factory):
+    """A stack of its own: another project (three sites) is another compose file, other kits."""
+    root = tmp_path_factory.mktemp("three-sites")
+    checkout = str(root / "checkout")
+    copy_checkout(checkout)
+    ports = {s: free_port() for s in NEW_SITES}
+    write_project(os.path.join(checkout, "provision", "project.yml"), ports)
+    name = f"fedtrack-sites-{os.getpid()}"
+    make_vars = [f"COMPOSE_PROJECT_NAME={name}", f"JOB_NAME=three-{os.getpid()}", f"ROUNDS={ROUNDS}",
+                 f"KITS_ROOT={root / 'kits'}", f"CA_DIR={root / 'ca'}", f"DATA_DIR={root / 'data'}"]
+
+    def make(target, check=True, extra=()):
+        return run(["make", "--no-print-directory", target, *make_vars, *extra], checkout, check=check)
+
+    try:
+        yield {"make": make, "checkout": checkout, "ports": ports, "name": name, "kits": root / "kits",
+               "job_name": f"three-{os.getpid()}"}
+    finally:
+        if os.environ.get("FEDTRACK_DUMP_LOGS"):
+            print(run(["docker", "compose", "logs", "--no-color", "--tail", "200"], checkout, check=False,
+                      env=dict(os.environ, COMPOSE_PROJECT_NAME=name)).stdout[-20000:])
+        make("clean", check=False, extra=["CONFIRM=yes", "DISCARD_UNDELIVERED=yes"])
+
+
+def test_three_sites_on_one_host(three_sites):
+    out = three_sites["make"]("up").stdout
+    assert "docker-compose.yml: written again from provision/project.yml (sites: north south east)" in out, out
+    job_id = re.search(r"job id:\s+(\S+)", out).group(1)
+    for site, port in three_sites["ports"].items():
+        assert f"{site} MLflow:" in out and f"http://127.0.0.1:{port}" in out, out
+    waited = three_sites["make"]("wait").stdout
+    assert f"job {job_id} FINISHED:COMPLETED" in waited, waited
+
+    compose = lambda *a, check=True: run(["docker", "compose", *a], three_sites["checkout"], check=check,  # noqa: E731
+                                         env=dict(os.environ, COMPOSE_PROJECT_NAME=three_sites["name"]))
+    for site, port in three_sites["ports"].items():
+        with open(three_sites["kits"] / "secrets" / site / "mlflow" / "admin_password") as f:
+            server = MLflowREST(f"http://127.0.0.1:{port}", auth=("admin", f.read().strip()))
+        run_ = site_run(server, f"{three_sites['job_name']}-{site}", site, job_id)
+        check_site_run(server, run_, site, ROUNDS)
+        check_only_own_runs(server, site, NEW_SITES)
+        # Unreachable from the server and from the other two sites, on every network it is on.
+        cid = compose("ps", "-q", f"mlflow-{site}").stdout.strip()
+        ips = run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid], ROOT).stdout.split()
+        assert len(ips) == 2, ips
+        for outsider in ["server", *[s for s in NEW_SITES if s != site]]:
+            probe = compose("exec", "-T", outsider, "python3", "-c", PROBE, f"mlflow-{site}", *ips, check=False)
+            assert probe.stdout.split() == ["no-resolve", "unreachable", "unreachable"], f"{outsider} -> mlflow-{site}: {probe.stdout}{probe.stderr}"
+        own = compose("exec", "-T", site, "python3", "-c", PROBE, f"mlflow-{site}", check=False)
+        assert own.stdout.split() == ["resolved"], own.stdout
+
+
+def test_removing_a_site_asks_for_new_kits(three_sites):
+    project = os.path.join(three_sites["checkout"], "provision", "project.yml")
+    with open(project) as f:
+        kept = f.read()
+    write_project(project, {s: p for s, p in three_sites["ports"].items() if s != "east"})
+    try:
+        result = three_sites["make"]("up", check=False)
+        assert result.returncode != 0
+        assert "provision/project.yml changed since the kits were made; run `make clean-kits`, then `make up`" in result.stderr, result.stderr
+    finally:
+        with open(project, "w") as f:
+            f.write(kept)

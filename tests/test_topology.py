@@ -1,0 +1,126 @@
+"""The topology from provision/project.yml: the committed compose file is the generator's, N sites
+get N of everything, bundles hold one participant's services, and bad projects are one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from support import ROOT
+from topology import Project, ProjectError, bundle_files, compose_text, port_var, ui_ports
+
+PROJECT = os.path.join(ROOT, "provision", "project.yml")
+
+
+def project_with(tmp_path, clients: list, **server) -> Project:
+    with open(PROJECT) as f:
+        doc = yaml.safe_load(f)
+    doc["participants"] = [p for p in doc["participants"] if p["type"] != "client"] + \
+        [{"type": "client", "org": "o", **c} for c in clients]
+    for p in doc["participants"]:
+        if p["type"] == "server":
+            p.update(server)
+    path = tmp_path / "project.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return Project(str(path))
+
+
+def test_committed_compose_file_is_the_generators():
+    with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+        committed = f.read()
+    assert committed == compose_text(Project(PROJECT)), \
+        "docker-compose.yml differs from provision/project.yml's: run `make compose-file` and commit it"
+
+
+def test_no_other_file_names_a_site():
+    """Only the project (and the compose file made from it) spell the sites' names."""
+    sites = Project(PROJECT).sites
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.fail("not a git checkout: cannot list the project's files")
+    allowed = {"provision/project.yml", "docker-compose.yml", "README.md"}
+    naming = {}
+    for rel in tracked:
+        if rel in allowed or not os.path.isfile(os.path.join(ROOT, rel)):
+            continue
+        with open(os.path.join(ROOT, rel), errors="ignore") as f:
+            text = f.read()
+        hits = [s for s in sites if s in text]
+        if hits:
+            naming[rel] = hits
+    assert not naming, f"files that name a site (take the sites from provision/project.yml): {naming}"
+
+
+def test_three_sites_get_three_of_everything(tmp_path):
+    project = project_with(tmp_path, [{"name": "north"}, {"name": "south", "mlflow_port": 7002},
+                                      {"name": "east", "tracking_uri": "https://mlflow.east.example:8443/"}])
+    compose = yaml.safe_load(compose_text(project))
+    services, networks = compose["services"], compose["networks"]
+    for site in ("north", "south", "east"):
+        assert services[site]["networks"] == ["fl", site]
+        assert services[f"mlflow-{site}"]["networks"] == [site, f"{site}-ui"]
+        assert networks[site] == {"internal": True} and networks[f"{site}-ui"] == {}
+        assert f"{site}-workspace" in compose["volumes"] and f"mlflow-{site}" in compose["volumes"]
+        assert services[site]["depends_on"][f"mlflow-{site}"] == {"condition": "service_healthy"}
+    # Site N's UI on 5000+N unless set; the tracking URI is the site's own service unless set.
+    assert services["mlflow-north"]["ports"] == [f"127.0.0.1:${{{port_var('north')}:-5001}}:5000"]
+    assert services["mlflow-south"]["ports"] == [f"127.0.0.1:${{{port_var('south')}:-7002}}:5000"]
+    assert services["mlflow-east"]["ports"] == [f"127.0.0.1:${{{port_var('east')}:-5003}}:5000"]
+    assert services["north"]["environment"]["FEDTRACK_TRACKING_URI"] == "http://mlflow-north:5000"
+    assert services["east"]["environment"]["FEDTRACK_TRACKING_URI"] == "https://mlflow.east.example:8443"
+    assert networks["fl"] == {"internal": True}
+    assert services["server"]["networks"] == ["fl"] and services["admin"]["networks"] == ["fl"]
+
+
+def test_bundles_hold_one_participants_services(tmp_path):
+    project = project_with(tmp_path, [{"name": "north"}, {"name": "south"}], fed_learn_port=8102)
+    site = yaml.safe_load(bundle_files(project, "south", [])["docker-compose.yml"])
+    assert sorted(site["services"]) == ["mlflow-south", "south"]
+    assert site["services"]["south"]["extra_hosts"] == [
+        "server:${FL_SERVER_ADDRESS:?set FL_SERVER_ADDRESS in .env to the FL server host's address}"]
+    assert "server" not in site["services"]["south"]["depends_on"]
+    assert site["networks"]["fl"] == {} and site["networks"]["south"] == {"internal": True}
+    assert all(s["file"].startswith("./secrets/") for s in site["secrets"].values())
+    server = yaml.safe_load(bundle_files(project, "server", [])["docker-compose.yml"])
+    assert sorted(server["services"]) == ["server"]
+    assert server["services"]["server"]["ports"] == ["${FL_BIND:-0.0.0.0}:8102:8102"]
+    admin_files = bundle_files(project, "admin@fedtrack.local", [])
+    admin = yaml.safe_load(admin_files["docker-compose.yml"])
+    assert sorted(admin["services"]) == ["admin"] and "project.yml" in admin_files
+    assert "submit:" in admin_files["Makefile"] and "wait:" in admin_files["Makefile"]
+    for files in (bundle_files(project, p, []) for p in project.participants()):
+        assert {"docker-compose.yml", ".env", "Makefile", "README.md"} <= set(files)
+
+
+@pytest.mark.parametrize("clients, server, error", [
+    ([], {}, "at least one participant of type client"),
+    ([{"name": "Site_1"}], {}, "site name 'Site_1': use lowercase letters, digits and '-'"),
+    ([{"name": "a"}, {"name": "a"}], {}, "site a is listed twice"),
+    ([{"name": "a", "mlflow_port": 5005}, {"name": "b", "mlflow_port": 5005}], {}, "mlflow_port 5005 is a's too"),
+    ([{"name": "a", "mlflow_port": 70000}], {}, "mlflow_port 70000: give a port from 1 to 65535"),
+    ([{"name": "a", "tracking_uri": "ftp://x"}], {}, "tracking_uri 'ftp://x': give http(s)://HOST:PORT"),
+])
+def test_bad_projects_are_one_line_errors(tmp_path, clients, server, error):
+    with pytest.raises(ProjectError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        project_with(tmp_path, clients, **server)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = tmp_path / "project.yml"
+    bad.write_text("name: x\nparticipants: [{name: s, type: server}]\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "stack", "topology.py"), "compose", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+
+
+def test_ui_ports_follow_the_project_unless_overridden(tmp_path):
+    project = project_with(tmp_path, [{"name": "a"}, {"name": "b", "mlflow_port": 7000}])
+    assert ui_ports(project, {}) == {"a": 5001, "b": 7000}
+    assert ui_ports(project, {port_var("a"): "6001"}) == {"a": 6001, "b": 7000}
+    with pytest.raises(ProjectError, match=r"^MLFLOW_PORT_A=0: give a port from 1 to 65535$"):
+        ui_ports(project, {port_var("a"): "0"})
+    with pytest.raises(ProjectError, match=r"^MLFLOW_PORT_B=5001: a's MLflow already uses port 5001; give each site its own$"):
+        ui_ports(project, {port_var("b"): "5001"})
