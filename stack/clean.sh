@@ -56,9 +56,12 @@ clean_all() {
     fi
   fi
   $COMPOSE --profile admin --profile tools down --volumes --remove-orphans
-  # Volumes of sites the project no longer lists (the compose file does not name them; checked above).
+  # Volumes and networks of sites the project no longer lists (the compose file does not name
+  # them; their spools were checked above).
   local left; left=$(volumes)
   [ -z "$left" ] || docker volume rm $left >/dev/null
+  left=$(docker network ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+  [ -z "$left" ] || docker network rm $left >/dev/null
   clean_kits
   clean_ca
 }

@@ -71,7 +71,8 @@ mkdir -p "${DATA_DIR:-./data}"
 
 compose run --rm -T provision
 echo "Starting services and waiting until they are healthy (clients registered)..."
-compose up -d --wait --wait-timeout "${UP_TIMEOUT:-600}"
+# --remove-orphans: a site no longer in the project stops (its volumes stay, for `make clean` to check).
+compose up -d --wait --wait-timeout "${UP_TIMEOUT:-600}" --remove-orphans
 admin python3 stack/flare_admin.py clients "${SITES[@]}"
 
 if job_id=$(admin python3 stack/flare_admin.py active "$JOB_NAME"); then
