@@ -10,7 +10,7 @@ own host (`make bundles`: dist/<participant>/).
 
 A client participant may set `mlflow_port` (its MLflow UI on the host; default 5000 + its place among
 the sites) and `tracking_uri` (default http://mlflow-<site>:5000, its own MLflow service). The UI
-port can also be overridden at `make up` with MLFLOW_PORT_<SITE> (site-1: MLFLOW_PORT_SITE_1).
+port can also be overridden at `make up` with MLFLOW_PORT_<SITE> (a site "north": MLFLOW_PORT_NORTH).
 """
 
 import os
@@ -84,7 +84,7 @@ class Project:
 
 
 def port_var(site: str) -> str:
-    """The variable that overrides a site's UI port at `make up`: site-1 -> MLFLOW_PORT_SITE_1."""
+    """The variable that overrides a site's UI port at `make up`: my-site -> MLFLOW_PORT_MY_SITE."""
     return "MLFLOW_PORT_" + site.upper().replace("-", "_")
 
 
@@ -342,7 +342,7 @@ include .env
 export
 {admin_vars}
 .PHONY: up status down logs{admin_phony}
-up: ## Load the bundled images the engine lacks, then start{admin_up_help}
+up: ## Load the bundled images the engine lacks, then {admin_up_help}
 {load}\t{up}
 
 status: ## Services and their health{admin_status_help}
@@ -408,8 +408,8 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
                   " || echo \"($(part) not running)\"".replace("$(part)", part)) if is_site else ""
     makefile = BUNDLE_MAKEFILE.format(
         name=part, load=load_lines(project, part, images),
-        admin_up_help=" nothing: check that the server answers and every site is connected" if is_admin
-        else " and wait until healthy",
+        admin_up_help="check that the server answers and every site is connected" if is_admin
+        else "start and wait until healthy",
         admin_help=", `make submit`, `make wait`" if is_admin else "",
         admin_vars="ADMIN = $(COMPOSE) --profile admin run --rm -T admin\n" if is_admin else "",
         admin_phony=" submit wait" if is_admin else "",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -174,3 +175,24 @@ class FlareSystem:
 def load_json(path: str):
     with open(path) as f:
         return json.load(f)
+
+
+def copy_checkout(dest: str):
+    """The project's files (not its venv, images' build folder, kits or data); build/ is shared so
+    that `make up` finds the images up to date."""
+    skip = {".git", ".venv", "build", "dist", "data", "jobs", "workspace", "ca", "__pycache__", ".pytest_cache"}
+    shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in skip])
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)  # an empty engine: the copy's build fills it
+    os.symlink(os.path.join(ROOT, "build"), os.path.join(dest, "build"))
+
+
+def write_project(path: str, sites: dict):
+    """project.yml with these sites ({name: UI port}) instead of the checkout's."""
+    import yaml
+
+    with open(PROJECT) as f:
+        doc = yaml.safe_load(f)
+    doc["participants"] = [p for p in doc["participants"] if p["type"] != "client"] + [
+        {"name": s, "type": "client", "org": s, "mlflow_port": port} for s, port in sites.items()]
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)

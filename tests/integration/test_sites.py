@@ -3,15 +3,13 @@ its own, since another project is another compose file and other kits: a copy of
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
-import yaml
 
 from checks import check_only_own_runs, check_site_run, site_run
 from mlflow_rest import MLflowREST
-from support import ROOT, free_port
+from support import ROOT, copy_checkout, free_port, write_project
 
 pytestmark = pytest.mark.docker
 
@@ -37,24 +35,6 @@ def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = N
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} in {cwd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
-
-
-def copy_checkout(dest: str):
-    """The project's files (not its venv, images' build folder, kits or data); build/ is shared so
-    that `make up` finds the images up to date."""
-    skip = {".git", ".venv", "build", "dist", "data", "jobs", "workspace", "ca", "__pycache__", ".pytest_cache"}
-    shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in skip])
-    os.symlink(os.path.join(ROOT, "build"), os.path.join(dest, "build"))
-
-
-def write_project(path: str, sites: dict):
-    """project.yml with these sites ({name: UI port}) instead of the checkout's."""
-    with open(os.path.join(ROOT, "provision", "project.yml")) as f:
-        doc = yaml.safe_load(f)
-    doc["participants"] = [p for p in doc["participants"] if p["type"] != "client"] + [
-        {"name": s, "type": "client", "org": s, "mlflow_port": port} for s, port in sites.items()]
-    with open(path, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +88,11 @@ def test_three_sites_on_one_host(three_sites):
             assert probe.stdout.split() == ["no-resolve", "unreachable", "unreachable"], f"{outsider} -> mlflow-{site}: {probe.stdout}{probe.stderr}"
         own = compose("exec", "-T", site, "python3", "-c", PROBE, f"mlflow-{site}", check=False)
         assert own.stdout.split() == ["resolved"], own.stdout
+    # Every run delivered (FINISHED above): `make status` shows each site, nothing left in a spool.
+    status = three_sites["make"]("status").stdout
+    for site, port in three_sites["ports"].items():
+        assert f"{site} http://127.0.0.1:{port}: 1 run(s); latest (job {job_id}) FINISHED" in status, status
+        assert re.search(rf"(?m)^{site} tracking spool: 0 record\(s\) spooled and undelivered", status), status
 
 
 def test_removing_a_site_asks_for_new_kits(three_sites):
