@@ -56,7 +56,7 @@ logs: ## Show recent service logs (LOGS_ARGS="-f" to follow)
 .PHONY: mlflow-user
 mlflow-user: ## Make an account for a site's MLflow UI: make mlflow-user SITE=<site> USER=alice (prints its password once)
 	@if [ "$(origin USER)" != "command line" ] || [ -z "$(USER)" ]; then \
-	  echo "error: name the site and the account: make mlflow-user SITE=<site> USER=alice" >&2; exit 2; fi
+	  echo "error: name the account: make mlflow-user SITE=<site> USER=alice" >&2; exit 2; fi
 	@sites=$$($(COMPOSE) config --services | sed -n 's/^mlflow-//p' | tr '\n' ' '); \
 	if [ -z "$(SITE)" ] || [[ " $$sites " != *" $(SITE) "* ]]; then \
 	  echo "error: unknown site '$(SITE)'; the sites are: $$sites" >&2; exit 2; fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bundles`: dist/<participant>/ for every participant of provision/project.yml (PARTICIPANT=name:
 # that one alone), each with only its own kit (and a site's own secrets), its compose file, .env,
-# README and Makefile (stack/topology.py). BUNDLE_IMAGES=1 adds images/<image>.tar (docker save),
+# README and Makefile (stack/bundle.py). BUNDLE_IMAGES=1 adds images/<image>.tar (docker save),
 # written once under DIST/.images/ and hard-linked into each bundle that needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +29,9 @@ images=()
 docker run --rm --network none --read-only --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE \
   --cap-add FOWNER --entrypoint python3 \
   -e HOST_OWNER="$(id -u):$(id -g)" -e NVFLARE_VERSION -e MLFLOW_VERSION -e BUNDLE_IMAGES_LIST="${images[*]}" \
-  -e DIST_SHOWN="$DIST" -v "$PWD/stack/topology.py:/topology.py:ro" \
+  -e DIST_SHOWN="$DIST" -v "$PWD/stack/topology.py:/stack/topology.py:ro" -v "$PWD/stack/bundle.py:/stack/bundle.py:ro" \
   -v "$PWD/provision/project.yml:/project.yml:ro" -v "$kits:/kits:ro" -v "$dist:/dist" \
-  "$FLARE_IMAGE" /topology.py bundles /project.yml /kits /dist "${wanted[@]}"
+  "$FLARE_IMAGE" /stack/bundle.py /project.yml /kits /dist ${wanted[@]+"${wanted[@]}"}
 
 [ ${#images[@]} -gt 0 ] || exit 0
 mkdir -p "$dist/.images"

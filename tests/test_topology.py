@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from support import ROOT
-from topology import Project, ProjectError, bundle_files, compose_text, port_var, ui_ports
+from bundle import bundle_files
+from topology import Project, ProjectError, compose_text, port_var, ui_ports
 
 PROJECT = os.path.join(ROOT, "provision", "project.yml")
 

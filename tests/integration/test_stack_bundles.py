@@ -67,7 +67,10 @@ def test_three_hosts_from_bundles(stack, tmp_path):
     server, admin = project.server["name"], project.admin["name"]
     dist = tmp_path / "dist"
     stack.make("bundles", extra=[f"DIST={dist}"])
-    bridge = run(["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"], ROOT).stdout.strip()
+    # host-gateway is the default bridge's address on this host: publish the FL port there only.
+    bridge = re.search(r"inet (\S+)/", run(["ip", "-4", "-o", "addr", "show", "docker0"], ROOT).stdout).group(1)
+    # Each "host" runs its bundle's make as a fresh shell would: none of this session's knobs.
+    clean_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST", "DOCKER_CONFIG")}
     hosts, ports = {}, {site: free_port() for site in project.sites}
     job_name = f"hosts-{os.getpid()}"
     for n, part in enumerate(project.participants()):
@@ -84,7 +87,8 @@ def test_three_hosts_from_bundles(stack, tmp_path):
         with open(host / ".env", "w") as f:
             f.write(env)
         hosts[part] = host
-    make = lambda part, *args, check=True: run(["make", "--no-print-directory", *args], hosts[part], check=check)  # noqa: E731
+    make = lambda part, *args, check=True: run(["make", "--no-print-directory", *args], hosts[part], check=check,  # noqa: E731
+                                               env=clean_env)
     try:
         # Only the participant's own key: no other kit's, never the root CA's.
         all_keys = {p: private_keys(hosts[p]) for p in hosts}
@@ -103,7 +107,7 @@ def test_three_hosts_from_bundles(stack, tmp_path):
 
         make(server, "up")
         sites = [subprocess.Popen(["make", "--no-print-directory", "up"], cwd=hosts[s], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for s in project.sites]
+                                  stderr=subprocess.STDOUT, text=True, env=clean_env) for s in project.sites]
         for site, proc in zip(project.sites, sites):
             out = proc.communicate(timeout=900)[0]
             assert proc.returncode == 0, f"{site}: make up failed:\n{out[-4000:]}"
@@ -115,7 +119,7 @@ def test_three_hosts_from_bundles(stack, tmp_path):
 
         for site in project.sites:
             # No network of another participant's project: the published FL port is the only way.
-            cid = run(["docker", "compose", "ps", "-q", site], hosts[site]).stdout.strip()
+            cid = run(["docker", "compose", "ps", "-q", site], hosts[site], env=clean_env).stdout.strip()
             nets = run(["docker", "inspect", "-f", "{{range $n, $v := .NetworkSettings.Networks}}{{$n}} {{end}}", cid], ROOT).stdout.split()
             assert nets and all(n.startswith(f"{stack.name}-host-{list(hosts).index(site)}_") for n in nets), nets
             with open(hosts[site] / "secrets" / "mlflow" / "admin_password") as f:
@@ -124,4 +128,5 @@ def test_three_hosts_from_bundles(stack, tmp_path):
             check_only_own_runs(mlflow, site)
     finally:
         for part, host in hosts.items():
-            run(["docker", "compose", "--profile", "admin", "down", "--volumes", "--remove-orphans"], host, check=False)
+            run(["docker", "compose", "--profile", "admin", "down", "--volumes", "--remove-orphans"], host, check=False,
+                env=clean_env)

@@ -156,7 +156,7 @@ for call in (lambda: sess.get_job_logs(job_id), lambda: sess.show_errors(job_id,
 
 
 def registered_clients(stack) -> set:
-    out = stack.admin("python3", "scripts/flare_admin.py", "status").stdout
+    out = stack.admin("python3", "stack/flare_admin.py", "status").stdout
     line = next(l for l in out.splitlines() if l.startswith("clients: "))
     return set(line[len("clients: "):].split(", "))
 
