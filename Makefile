@@ -71,7 +71,7 @@ clean: ## Remove containers, networks, volumes (sites' MLflow runs: CONFIRM=yes;
 	stack/clean.sh all
 
 .PHONY: clean-kits
-clean-kits: ## Remove the startup kits and the sites' secrets (KITS_ROOT's fedtrack/ and secrets/ only; the root CA stays)
+clean-kits: ## Remove the startup kits and the sites' secrets (KITS_ROOT's <project>/ and secrets/ only; the root CA stays)
 	@stack/clean.sh kits
 
 .PHONY: clean-ca

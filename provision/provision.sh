@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the startup kits and each site's MLflow secrets once (runs in the FLARE image as the
 # `provision` service, as root, with no network). Output, git-ignored:
-#   /provision/workspace/fedtrack/prod_00/<participant>/   kits; private keys 0600, owned by the containers' user
+#   /provision/workspace/<project name>/prod_00/<participant>/   kits; private keys 0600, owned by the containers' user
 #   /provision/workspace/secrets/<site>/mlflow/             admin_password, flask_secret, forwarder_password
 #                                                           (0600, owned by the MLflow image's user)
 #   /provision/workspace/secrets/<site>/client/             forwarder_password (0600, the FLARE image's user)
@@ -9,15 +9,26 @@
 #                                                           beside the kits; reused to sign kits made again
 set -euo pipefail
 WS=/provision/workspace
-KITS=$WS/fedtrack/prod_00
 SECRETS=$WS/secrets
 CA=/provision/ca
 STAMP=$WS/.project.sha256
 FLARE_UID=10001 MLFLOW_UID=10002
-want=$(sha256sum /provision/project.yml | cut -d' ' -f1)
+# The kits' stamp: the project without what no kit holds (a site's UI port and tracking URI), so
+# changing those needs no new kits. Kits stamped with the whole file's hash are still accepted.
+read -r NAME want <<<"$(python3 - <<'PY'
+import hashlib, json, yaml
+with open("/provision/project.yml") as f:
+    doc = yaml.safe_load(f)
+for p in doc.get("participants", []):
+    p.pop("mlflow_port", None), p.pop("tracking_uri", None)
+print(doc["name"], hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest())
+PY
+)"
+KITS=$WS/$NAME/prod_00
+whole=$(sha256sum /provision/project.yml | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ -f "$KITS/server/startup/fed_server.json" ]; then
-  if [ "$(cat "$STAMP")" != "$want" ]; then
+  if [ "$(cat "$STAMP")" != "$want" ] && [ "$(cat "$STAMP")" != "$whole" ]; then
     echo "error: provision/project.yml changed since the kits were made; run \`make clean-kits\`, then \`make up\`" >&2
     exit 1
   fi
@@ -34,12 +45,12 @@ if [ -e "$KITS" ]; then
 fi
 # With the CA of an earlier provisioning, the new kits are signed by the same root.
 if [ -f "$CA/cert.json" ]; then
-  mkdir -p "$WS/fedtrack/state" && cp "$CA/cert.json" "$WS/fedtrack/state/cert.json"
+  mkdir -p "$WS/$NAME/state" && cp "$CA/cert.json" "$WS/$NAME/state/cert.json"
 fi
 nvflare provision -p /provision/project.yml -w "$WS" --force >/dev/null
 mkdir -p "$CA" && chmod 700 "$CA"
-mv "$WS/fedtrack/state/cert.json" "$CA/cert.json" && chmod 600 "$CA/cert.json"
-rm -rf "$WS/fedtrack/state"
+mv "$WS/$NAME/state/cert.json" "$CA/cert.json" && chmod 600 "$CA/cert.json"
+rm -rf "$WS/$NAME/state"
 
 python3 - "$SECRETS" "$FLARE_UID" "$MLFLOW_UID" <<'PY'
 import os, secrets, sys, yaml
@@ -65,7 +76,7 @@ chmod 700 "$SECRETS"
 echo "$want" > "$STAMP"
 # Kits: readable by the containers' user (10001) and the host user's group; private keys by the
 # containers' user alone.
-chown -R "$FLARE_UID:${HOST_GID:-0}" "$WS/fedtrack"
-chmod -R u+rwX,g+rX,o-rwx "$WS/fedtrack"
-find "$WS/fedtrack" -name '*.key' -exec chmod 600 {} +
+chown -R "$FLARE_UID:${HOST_GID:-0}" "$WS/$NAME"
+chmod -R u+rwX,g+rX,o-rwx "$WS/$NAME"
+find "$WS/$NAME" -name '*.key' -exec chmod 600 {} +
 echo "Provisioned startup kits in $KITS and MLflow secrets for each site in $SECRETS"

@@ -4,7 +4,7 @@
 #   clean.sh all    containers, networks and volumes of COMPOSE_PROJECT_NAME, then kits and CA (below).
 #                   Refuses while a site's spool holds undelivered records (DISCARD_UNDELIVERED=yes drops
 #                   them) and, where a site's MLflow volume exists, unless CONFIRM=yes (its runs go too).
-#   clean.sh kits   KITS_ROOT's fedtrack/ (kits), secrets/ and .project.sha256, nothing else in it
+#   clean.sh kits   KITS_ROOT's <project name>/ (kits), secrets/ and .project.sha256, nothing else in it
 #   clean.sh ca     CA_DIR's cert.json (the root CA), nothing else in it
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,12 @@ clean_all() {
   clean_ca
 }
 
-clean_kits() { remove_as_root "$KITS_ROOT" fedtrack secrets .project.sha256; }
+# The kits' folder is named after the project (project.yml's `name`): the one holding prod_00/.
+clean_kits() {
+  local kits=()
+  [ ! -d "$KITS_ROOT" ] || kits=($(cd "$KITS_ROOT" && { ls -d -- */prod_00 2>/dev/null || true; } | cut -d/ -f1))
+  remove_as_root "$KITS_ROOT" ${kits[@]+"${kits[@]}"} secrets .project.sha256
+}
 clean_ca() { remove_as_root "$CA_DIR" cert.json; }
 
 case "${1:-}" in

@@ -64,7 +64,7 @@ for i in "${!SITES[@]}"; do
   # A port held by anything but this project's own MLflow is a clear error, not a half-started stack.
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null \
      && [ "$(compose port "mlflow-$site" 5000 2>/dev/null)" != "127.0.0.1:$port" ]; then
-    die "port $port ($site's MLflow UI) is in use on 127.0.0.1; free it, or set mlflow_port for $site in provision/project.yml"
+    die "port $port ($site's MLflow UI) is in use on 127.0.0.1; free it, or give $site another: mlflow_port in provision/project.yml or MLFLOW_PORT_$(tr 'a-z-' 'A-Z_' <<<"$site")"
   fi
 done
 mkdir -p "${DATA_DIR:-./data}"
