@@ -10,6 +10,22 @@ from support import SITES  # provision/project.yml's clients, read once in suppo
 METRICS = ("train_loss", "accuracy", "local_accuracy")
 
 
+# Run in a container: `python3 -c PROBE NAME [IP ...]` prints whether NAME resolves there ("resolved" or
+# "no-resolve"), then for each IP whether its port 5000 (a site's MLflow) answers ("reached" or "unreachable").
+PROBE = """
+import socket, sys
+try:
+    socket.gethostbyname(sys.argv[1]); print("resolved")
+except OSError:
+    print("no-resolve")
+for ip in sys.argv[2:]:
+    try:
+        socket.create_connection((ip, 5000), 3).close(); print("reached")
+    except OSError:
+        print("unreachable")
+"""
+
+
 def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None, wait: float = 120,
              until: tuple = ("FINISHED",)) -> dict:
     """The one run of `site` for this job in `experiment` on the site's own server, once its status

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from checks import check_only_own_runs, check_site_run, site_run
+from checks import PROBE, check_only_own_runs, check_site_run, site_run
 from mlflow_rest import MLflowREST
 from support import ROOT, copy_checkout, free_port, write_project
 
@@ -15,20 +15,6 @@ pytestmark = pytest.mark.docker
 
 NEW_SITES = ("north", "south", "east")  # names no file of the checkout uses
 ROUNDS = 2
-
-PROBE = """
-import socket, sys
-try:
-    socket.gethostbyname(sys.argv[1]); print("resolved")
-except OSError:
-    print("no-resolve")
-for ip in sys.argv[2:]:
-    try:
-        socket.create_connection((ip, 5000), 3).close(); print("reached")
-    except OSError:
-        print("unreachable")
-"""
-
 
 def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

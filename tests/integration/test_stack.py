@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from checks import SITES, accuracy_by_round, check_only_own_runs, check_site_run, files_holding, metric_strings, site_run
+from checks import PROBE, SITES, accuracy_by_round, check_only_own_runs, check_site_run, files_holding, metric_strings, site_run
 from support import wait_until
 
 pytestmark = pytest.mark.docker
@@ -50,21 +50,6 @@ def test_make_status_counts_each_sites_points(stack, histories):
     for site in SITES:
         n = len(histories[site]["train_loss"])
         assert f"{site} {stack.uri(site)}: 1 run(s); latest (job {stack.job_ids[0]}) FINISHED: {n} train_loss" in out, out
-
-
-PROBE = """
-import socket, sys
-name, ip = sys.argv[1], sys.argv[2]
-try:
-    print("resolved", socket.gethostbyname(name))
-except OSError:
-    print("no-resolve")
-try:
-    socket.create_connection((ip, 5000), 3).close()
-    print("reached")
-except OSError:
-    print("unreachable")
-"""
 
 
 def mlflow_ips(stack, site: str) -> dict:
