@@ -34,12 +34,16 @@ help: ## Show this help
 ##@ Deployment (Docker Compose)
 
 .PHONY: up
-up: check images ## Build, provision, start every site's services, submit the job; prints job id and MLflow URLs
+up: knobs images ## Build, provision, start every site's services, submit the job; prints job id and MLflow URLs
 	stack/up.sh
 
 .PHONY: check
 check: ## Check the knobs (ROUNDS, DATASET, ...; the project's sites and ports once the image exists)
 	@stack/up.sh --check
+
+.PHONY: knobs
+knobs: # The knobs only, before a long build (`make up` checks the project with its compose file)
+	@stack/up.sh --knobs
 
 .PHONY: wait
 wait: ## Block until the newest job ends; print its status (non-zero unless it completed, with the reason)

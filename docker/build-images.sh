@@ -2,22 +2,23 @@
 # Build the project's Docker images from scratch on a machine with no container registry:
 #   1. docker/ensure-compose.sh   Compose v2 CLI plugin (for the compose files that use the images)
 #   2. docker/base-image.sh       Python 3.11 base (pulled, or debootstrapped + imported)
-#   3. docker/wheelhouse.sh       wheels for both images in build/wheelhouse/{flare,mlflow}
-#   4. docker build                fedtrack/flare:<nvflare pin>, fedtrack/mlflow:<mlflow pin>
-#      (context: build/context/<image>/ = hard links to its wheelhouse + docker/flare-entrypoint.sh)
+#   3. docker/wheelhouse.sh       wheels for both images in build/wheelhouse/{tools,mlflow,flare}
+#   4. docker build                fedtrack/mlflow:<mlflow pin> and fedtrack/flare:<nvflare pin>
+#   Steps 2-4 overlap: each starts as soon as what it needs is there (see below).
+#      (context: build/context/<image>/ = its requirements.txt + rootfs/ with the repo files it holds)
+# Each build installs its venv once, in one RUN, with uv from wheels served by a throwaway
+# container that has no network (see docker/flare.Dockerfile); no build stage or cache image is kept.
 # Tags come from requirements.txt. A build is skipped when an image with that tag carries a
-# fedtrack.build-hash label equal to the hash of its Dockerfile, its pins, its wheelhouse stamp,
-# the base image ID and its extra context files (FORCE=1 rebuilds; not passed on to steps 1-3).
+# fedtrack.build-hash label equal to the hash of its Dockerfile, its pins, its wheelhouse stamps,
+# the base image ID and its rootfs files (FORCE=1 rebuilds; not passed on to steps 1-3). After an
+# edit of those files only the last two steps run again: the venv layer is reused.
 #
 # Environment:
 #   BASE_IMAGE        preferred base (see docker/base-image.sh)
-#   DOCKER_BUILDKIT   default 0 here: the engine has no buildx, the Dockerfiles need no BuildKit
-#   PRUNE_BUILD_STAGE 1 drops the multi-stage `build` leftovers (wheel copy + venv: ~8.6 GB for flare,
-#                     ~1 GB for mlflow). By default the newest is kept, tagged fedtrack/build-cache:<image>,
-#                     so that edits to the final stage (e.g. docker/flare-entrypoint.sh) rebuild in seconds;
-#                     older ones (images labelled fedtrack.stage=build) are always pruned.
 #   SKIP_COMPOSE=1    do not install the Compose plugin
 #   plus everything docker/wheelhouse.sh reads (TORCH_INDEX_URL, PIP_EXTRA_ARGS, ...)
+# The legacy builder is used (DOCKER_BUILDKIT=0) whatever the environment says: BuildKit cannot
+# share a container's network namespace, which is how the build reaches the wheels.
 set -euo pipefail
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
@@ -28,7 +29,7 @@ REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 WHEELHOUSE_DIR="${WHEELHOUSE_DIR:-$BUILD_DIR/wheelhouse}"
 export REQUIREMENTS WHEELHOUSE_DIR
-export DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}"
+export DOCKER_BUILDKIT=0
 FORCE_BUILD="${FORCE:-0}"
 unset FORCE   # FORCE=1 means "rebuild the images", not "re-download / re-debootstrap"
 
@@ -52,52 +53,67 @@ if [[ "${SKIP_COMPOSE:-0}" != 1 ]]; then
   "$ROOT/docker/ensure-compose.sh"
 fi
 
-log "step 2/4: ensure base image"
+# Pipelined: the base image is made while the wheels download; the MLflow image builds while the
+# FLARE wheels (the bulk) download; the FLARE image builds as soon as they are there.
+log "steps 2-4/4: base image, wheelhouse and images, side by side"
+BASE_OUT="$(mktemp)"
+trap 'rm -f "$BASE_OUT"' EXIT
 start=$SECONDS
-BASE="$("$ROOT/docker/base-image.sh" | tail -n1)"
+"$ROOT/docker/base-image.sh" >"$BASE_OUT" &
+base_pid=$!
+"$ROOT/docker/wheelhouse.sh" tools mlflow || { wait "$base_pid" || true; die "docker/wheelhouse.sh failed"; }
+wait "$base_pid" || die "docker/base-image.sh failed"
+BASE="$(tail -n1 "$BASE_OUT")"
 [[ -n "$BASE" ]] || die "docker/base-image.sh printed no image"
 log "base image: $BASE ($((SECONDS - start)) s)"
-
-log "step 3/4: ensure wheelhouse"
-start=$SECONDS
-"$ROOT/docker/wheelhouse.sh"
-log "wheelhouse ready ($((SECONDS - start)) s)"
-
 base_id="$(docker image inspect -f '{{.Id}}' "$BASE")"
 
-# Extra files (besides the wheels) each image's build context needs: "source:name-in-context".
-context_files() {
+# The repo files each image holds: "source:path-in-image" (staged as rootfs/<path-in-image>).
+image_files() {
   local f
   case "$1" in
-    flare) echo "$ROOT/docker/flare-entrypoint.sh:flare-entrypoint.sh"
-           echo "$ROOT/docker/flare-health.py:flare-health.py"
+    flare) echo "$ROOT/docker/flare-entrypoint.sh:usr/local/bin/fedtrack-entrypoint"
+           echo "$ROOT/docker/flare-health.py:usr/local/bin/fedtrack-health"
            # The site code (not the benchmark), the policy, and the admin's and the job's stack modules.
            for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json "$ROOT"/stack/flare_admin.py \
                     "$ROOT"/stack/topology.py; do
-             [[ "$f" == */job/bench_* ]] || echo "$f:${f#"$ROOT"/}"
+             [[ "$f" == */job/bench_* ]] || echo "$f:opt/fedtrack/${f#"$ROOT"/}"
            done ;;
-    mlflow) echo "$ROOT/docker/mlflow-site.py:mlflow-site.py" ;;
+    mlflow) echo "$ROOT/docker/mlflow-site.py:usr/local/bin/fedtrack-mlflow" ;;
   esac
 }
 
+# serve_wheels: start a container, with no network, serving WHEELHOUSE_DIR on its 127.0.0.1:8765; prints its ID.
+serve_wheels() {
+  local id i
+  id="$(docker run -d --rm --network none --read-only -v "$WHEELHOUSE_DIR:/wheels:ro" -w /wheels \
+          --label fedtrack.role=wheel-server "$BASE" python3 -m http.server 8765 --bind 127.0.0.1)"
+  for i in $(seq 50); do
+    docker exec "$id" python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8765/tools/")' \
+      >/dev/null 2>&1 && { echo "$id"; return; }
+    sleep 0.2
+  done
+  docker rm -f "$id" >/dev/null 2>&1 || true
+  die "the wheel server container did not start"
+}
+
 # build NAME TAG BUILD_ARGS...
-# Context build/context/NAME/ = wheels/ (hard links into build/wheelhouse/NAME) + context_files,
-# so each build sends only its own wheels and nothing else of the repo (no .venv, no build/).
 build() {
   local name="$1" tag="$2"; shift 2
   local dockerfile="$ROOT/docker/$name.Dockerfile" wheels="$WHEELHOUSE_DIR/$name"
   local ctx="$BUILD_DIR/context/$name" buildlog="$BUILD_DIR/docker-build-$name.log"
-  local hash current old_id start spec src dst extra=()
+  local hash current old_id start spec src server files=()
   [[ -f "$dockerfile" ]] || die "$dockerfile missing"
   [[ -f "$wheels/requirements.txt" ]] || die "$wheels/requirements.txt missing: run docker/wheelhouse.sh"
   while IFS= read -r spec; do
     [[ -n "$spec" ]] || continue
     src="${spec%%:*}"
     [[ -f "$src" ]] || die "$src missing: the $name image needs it (see docker/$name.Dockerfile)"
-    extra+=("$spec")
-  done < <(context_files "$name")
-  hash="$( { cat "$dockerfile" "$wheels/requirements.txt"; (cd "$wheels" && ls .stamp-*); echo "$base_id"
-             for spec in ${extra[@]+"${extra[@]}"}; do echo "${spec##*:}"; cat "${spec%%:*}"; done; } | sha256sum | cut -c1-16)"
+    files+=("$spec")
+  done < <(image_files "$name")
+  hash="$( { cat "$dockerfile" "$wheels/requirements.txt"; (cd "$WHEELHOUSE_DIR" && ls "$name"/.stamp-* tools/.stamp-*)
+             echo "$base_id"; for spec in "${files[@]}"; do echo "${spec##*:}"; cat "${spec%%:*}"; done; } \
+           | sha256sum | cut -c1-16)"
   current="$(docker image inspect -f '{{ index .Config.Labels "fedtrack.build-hash" }}' "$tag" 2>/dev/null || true)"
   old_id="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   if [[ "$current" == "$hash" && "$FORCE_BUILD" != 1 ]]; then
@@ -105,53 +121,45 @@ build() {
     return
   fi
 
-  log "staging build context $ctx (hard links to $wheels)"
   rm -rf "$ctx"
-  mkdir -p "$ctx"
-  cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
-  rm -f "$ctx"/wheels/.pip-*.log
-  for spec in ${extra[@]+"${extra[@]}"}; do
-    src="${spec%%:*}"; dst="${spec##*:}"
-    install -D -m 0755 "$src" "$ctx/$dst"
+  mkdir -p "$ctx/rootfs"
+  cp "$wheels/requirements.txt" "$ctx/requirements.txt"
+  for spec in "${files[@]}"; do
+    install -D -m 0755 "${spec%%:*}" "$ctx/rootfs/${spec##*:}"
   done
-
-  log "building $tag from docker/$name.Dockerfile ($(du -sh "$ctx" | cut -f1) context), base $BASE; log: $buildlog"
+  server="$(serve_wheels)"
+  log "building $tag from docker/$name.Dockerfile, base $BASE, wheels from container ${server:0:12}; log: $buildlog"
   start=$SECONDS
   # fedtrack.build-hash is set by the Dockerfile from BUILD_HASH (a CLI --label would add
-  # one more slow commit step after the venv COPY with the legacy builder).
-  docker build --pull=false -f "$dockerfile" -t "$tag" \
+  # one more slow commit step after the venv with the legacy builder).
+  docker build --pull=false --network "container:$server" -f "$dockerfile" -t "$tag" \
       --build-arg "BASE_IMAGE=$BASE" --build-arg "BUILD_HASH=$hash" "$@" \
       "$ctx" 2>&1 | while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done >"$buildlog" \
-    || { tail -n 30 "$buildlog" >&2
+    || { docker rm -f "$server" >/dev/null 2>&1 || true
+         tail -n 30 "$buildlog" >&2
          die "docker build of $tag failed (full log: $buildlog)"; }
+  docker rm -f "$server" >/dev/null 2>&1 || true
   log "built $tag in $((SECONDS - start)) s"
   rm -rf "$ctx"; rmdir "$BUILD_DIR/context" 2>/dev/null || true
-  # The image this tag pointed at before is now untagged: drop it unless a container uses it.
+  # The image this tag pointed at before is now untagged: drop it unless a container uses it
+  # (its venv layer stays: the new image is built on it).
   if [[ -n "$old_id" && "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
     docker rmi "$old_id" >/dev/null 2>&1 && log "removed the previous $tag (${old_id:7:12})" || true
   fi
-  # Keep the `build` stage (wheels + venv) as cache: tagged, so only older ones are pruned.
-  # Then a change to the entrypoint or the final stage re-runs seconds, not the pip install.
-  local stage_id
-  # (The legacy builder prints " ---> <id>" after each step; the stage ends at the 2nd FROM.)
-  stage_id="$(awk '/ Step [0-9]+\/[0-9]+ : FROM /{n++; if (n == 2) {print id; exit}}
-                   $(NF-1) == "--->" && $NF ~ /^[0-9a-f]+$/ {id=$NF}' "$buildlog")"
-  if [[ "${PRUNE_BUILD_STAGE:-0}" == 1 ]]; then
-    docker rmi "fedtrack/build-cache:$name" >/dev/null 2>&1 || true
-    docker image prune -f --filter label=fedtrack.stage=build >/dev/null || true
-    log "pruned the build-stage cache"
-  elif [[ -n "$stage_id" ]] && docker tag "$stage_id" "fedtrack/build-cache:$name" 2>/dev/null; then
-    docker image prune -f --filter label=fedtrack.stage=build >/dev/null || true
-    log "kept build stage $stage_id as fedtrack/build-cache:$name (PRUNE_BUILD_STAGE=1 drops it)"
-  else
-    log "WARNING: could not find the build stage's image in $buildlog; left it untagged (not pruned)"
-  fi
+  # Builds before this one kept their build stage (~9 GB for flare): gone for good.
+  docker rmi "fedtrack/build-cache:$name" >/dev/null 2>&1 && log "removed the old fedtrack/build-cache:$name" || true
 }
 
-log "step 4/4: docker build"
-build mlflow "fedtrack/mlflow:$MLFLOW_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION"
+build mlflow "fedtrack/mlflow:$MLFLOW_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION" &
+mlflow_pid=$!
+"$ROOT/docker/wheelhouse.sh" flare || { wait "$mlflow_pid" || true; die "docker/wheelhouse.sh failed"; }
+log "wheelhouse ready ($((SECONDS - start)) s)"
 build flare "fedtrack/flare:$NVFLARE_VERSION" --build-arg "NVFLARE_VERSION=$NVFLARE_VERSION" \
-      --build-arg "TORCH_VERSION=$TORCH_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION"
+      --build-arg "TORCH_VERSION=$TORCH_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION" &
+flare_pid=$!
+wait "$mlflow_pid" || { wait "$flare_pid" || true; die "the MLflow image was not built (see above)"; }
+wait "$flare_pid" || die "the FLARE image was not built (see above)"
+docker image prune -f --filter label=fedtrack.stage=build >/dev/null 2>&1 || true  # stages of older builds
 
 log "done in $((SECONDS - total)) s; images:"
 docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \

@@ -1,35 +1,24 @@
 # NVIDIA FLARE runtime image (server, clients, admin): Python 3.11 venv with every pin of
-# requirements.txt except the test-only ones, plus the vetted code every site runs: the job's
-# modules in /opt/fedtrack/job (training script, tracking receiver, spool and forwarder, model),
-# the local policy in /opt/fedtrack/policy, the admin's stack/flare_admin.py and the project reader
-# stack/topology.py. Jobs carry configuration only. No startup kits, keys or secrets inside: the kit
-# is mounted at /kit.
+# requirements.txt except the test-only and build-only ones, plus the vetted code every site runs:
+# the job's modules in /opt/fedtrack/job (training script, tracking receiver, spool and forwarder,
+# model), the local policy in /opt/fedtrack/policy, the admin's stack/flare_admin.py and the project
+# reader stack/topology.py. Jobs carry configuration only. No startup kits, keys or secrets inside:
+# the kit is mounted at /kit.
 #
-# Build context = build/context/flare/, staged by docker/build-images.sh (no network needed):
-#   wheels/  hard links to build/wheelhouse/flare/ (docker/wheelhouse.sh), incl. requirements.txt
-#   flare-entrypoint.sh, flare-health.py  copies of docker/flare-entrypoint.sh and docker/flare-health.py
-#   job/, policy/, stack/{flare_admin,topology}.py  copies of the repo's files
-# then: docker build -f docker/flare.Dockerfile --build-arg BASE_IMAGE=$(docker/base-image.sh) \
-#                     -t fedtrack/flare:2.9.0 build/context/flare
-# (docker/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
+# Build context = build/context/flare/, staged by docker/build-images.sh:
+#   requirements.txt  the pins docker/wheelhouse.sh downloaded into build/wheelhouse/flare/
+#   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-{entrypoint,health},
+#                     /opt/fedtrack/{job,policy,stack}
+# The wheels are not in the context: docker/build-images.sh serves build/wheelhouse/ from a container
+# without network (--network none) and builds with `--network container:<it>`, so the RUN below
+# reaches exactly that server on 127.0.0.1:8765 and nothing else. So no wheel is ever a layer and the
+# ~6 GB venv is written once (no build stage, no copy of it). Legacy builder (no BuildKit needed).
 # BASE_IMAGE may be python:3.11-slim-bookworm (python3 in /usr/local/bin) or the debootstrapped
 # fedtrack/base:bookworm-py3.11 (python3 in /usr/bin): only `python3` from PATH is used.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-
-FROM ${BASE_IMAGE} AS build
-# Marks this stage's images: docker/build-images.sh tags the current one and prunes older ones.
-LABEL fedtrack.stage=build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-COPY wheels /wheels
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels -r /wheels/requirements.txt \
- && /opt/venv/bin/pip check \
- && rm -rf /root/.cache
-
 FROM ${BASE_IMAGE}
-# Order matters for the legacy builder on fuse-overlayfs: every step after the ~6 GB venv COPY
-# commits a container on top of it (~10 s each), so metadata comes first; the entrypoint and the
-# build-hash label come last so that changing them reuses the cached venv COPY.
+# With the legacy builder on fuse-overlayfs every step after the venv commits a container on top of
+# it (~10 s each): metadata first; only the user, the code and the build-hash label come after.
 ARG NVFLARE_VERSION=unknown
 ARG TORCH_VERSION=unknown
 ARG MLFLOW_VERSION=unknown
@@ -47,22 +36,26 @@ ENV VIRTUAL_ENV=/opt/venv \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
     HOME=/home/flare
+WORKDIR /workspace
+CMD ["python3"]
+COPY requirements.txt /opt/venv-requirements.txt
+# uv (from the wheelhouse's tools/) unpacks into its cache and byte-compiles on every core; the venv
+# hard-links the cache's files, so removing the cache in the same step leaves one copy of each.
 RUN groupadd --system --gid 10001 flare \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/flare --create-home --shell /bin/bash flare \
- && mkdir -p /workspace \
- && chown flare:flare /workspace
-WORKDIR /workspace
+ && chown flare:flare /workspace \
+ && python3 -m venv /tmp/uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && python3 -m venv --without-pip /opt/venv \
+ && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:8765/flare/ \
+      --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-requirements.txt \
+ && /tmp/uv/bin/uv pip check --python /opt/venv/bin/python \
+ && rm -rf /tmp/uv /tmp/uv-cache /root/.cache
 USER 10001:10001
-CMD ["python3"]
 # Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
 ARG BUILD_HASH=none
-COPY --from=build /opt/venv /opt/venv
-# Starts the server/client a mounted kit was made for (compose: entrypoint fedtrack-entrypoint).
-# Not the image's ENTRYPOINT, so `docker run IMAGE python ...` works without a kit.
-COPY flare-entrypoint.sh /usr/local/bin/fedtrack-entrypoint
-# The server's and clients' healthchecks (compose: `fedtrack-health server|client`); none reads a log.
-COPY flare-health.py /usr/local/bin/fedtrack-health
-COPY job /opt/fedtrack/job
-COPY policy /opt/fedtrack/policy
-COPY stack /opt/fedtrack/stack
+# The entrypoint that starts the server/client a mounted kit was made for (compose: entrypoint
+# fedtrack-entrypoint; not the image's ENTRYPOINT, so `docker run IMAGE python ...` works without a
+# kit), the healthchecks (`fedtrack-health server|client`) and the code: one step, one commit.
+COPY rootfs/ /
 LABEL fedtrack.build-hash="${BUILD_HASH}"

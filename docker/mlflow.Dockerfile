@@ -3,27 +3,14 @@
 # Data (SQLite backend store, account store, served artifacts) lives in the /mlflow volume;
 # secrets come at run time as files in /run/secrets, never in the image.
 #
-# Build context = build/context/mlflow/, staged by docker/build-images.sh (no network needed):
-#   wheels/  hard links to build/wheelhouse/mlflow/ (docker/wheelhouse.sh), incl. requirements.txt
-#   mlflow-site.py  copy of docker/mlflow-site.py
-# then: docker build -f docker/mlflow.Dockerfile --build-arg BASE_IMAGE=$(docker/base-image.sh) \
-#                     -t fedtrack/mlflow:3.17.2 build/context/mlflow
-# (docker/build-images.sh does exactly this.) Works with the legacy builder (no BuildKit).
+# Build context = build/context/mlflow/, staged by docker/build-images.sh:
+#   requirements.txt  the pins docker/wheelhouse.sh downloaded into build/wheelhouse/mlflow/
+#   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-mlflow
+# The wheels come from the wheel server the build shares a network namespace with, as for the
+# FLARE image (see docker/flare.Dockerfile): none is a layer, the venv is written once.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-
-FROM ${BASE_IMAGE} AS build
-# Marks this stage's images: docker/build-images.sh tags the current one and prunes older ones.
-LABEL fedtrack.stage=build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-COPY wheels /wheels
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels -r /wheels/requirements.txt \
- && /opt/venv/bin/pip check \
- && rm -rf /root/.cache
-
 FROM ${BASE_IMAGE}
-# Order matters for the legacy builder on fuse-overlayfs: every step after the venv COPY commits
-# a container on top of it, so metadata comes first and only the build-hash label comes after.
+# Metadata first: every step after the venv commits a container on top of it.
 ARG MLFLOW_VERSION=unknown
 LABEL org.opencontainers.image.title="fedtrack-mlflow" \
       org.opencontainers.image.description="MLflow ${MLFLOW_VERSION} tracking server (SQLite + served artifacts in /mlflow)" \
@@ -38,19 +25,27 @@ ENV VIRTUAL_ENV=/opt/venv \
     DO_NOT_TRACK=true \
     MLFLOW_ENABLE_AI_GATEWAY=false \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-RUN groupadd --system --gid 10002 mlflow \
- && useradd --system --uid 10002 --gid 10002 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow \
- && mkdir -p /mlflow/artifacts \
- && chown -R mlflow:mlflow /mlflow
-VOLUME ["/mlflow"]
 WORKDIR /mlflow
-USER 10002:10002
 EXPOSE 5000
 # Needs SITE_MLFLOW (its service name) and UI_PORT (its published port) and the secrets.
 CMD ["fedtrack-mlflow", "serve"]
 HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=30 CMD ["fedtrack-mlflow", "health"]
+COPY requirements.txt /opt/venv-requirements.txt
+RUN groupadd --system --gid 10002 mlflow \
+ && useradd --system --uid 10002 --gid 10002 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow \
+ && mkdir -p /mlflow/artifacts \
+ && chown -R mlflow:mlflow /mlflow \
+ && python3 -m venv /tmp/uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && python3 -m venv --without-pip /opt/venv \
+ && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:8765/mlflow/ \
+      --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-requirements.txt \
+ && /tmp/uv/bin/uv pip check --python /opt/venv/bin/python \
+ && rm -rf /tmp/uv /tmp/uv-cache /root/.cache
+# After the RUN: a RUN's changes to a declared volume would be dropped.
+VOLUME ["/mlflow"]
+USER 10002:10002
 # Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
 ARG BUILD_HASH=none
-COPY --from=build /opt/venv /opt/venv
-COPY mlflow-site.py /usr/local/bin/fedtrack-mlflow
+COPY rootfs/ /
 LABEL fedtrack.build-hash="${BUILD_HASH}"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Download the wheels the Docker images install, so `docker build` needs no network.
 #
-#   build/wheelhouse/flare/   every pin in requirements.txt except the test-only ones (pytest)
+#   docker/wheelhouse.sh [SET...]   SET: tools, mlflow, flare (default: all three, in that order)
+#
+#   build/wheelhouse/flare/   every pin in requirements.txt except the test-only (pytest) and build-only (uv) ones
 #   build/wheelhouse/mlflow/  just the mlflow pin, with its dependencies
+#   build/wheelhouse/tools/   the build tool (uv) that installs those sets into the images' venvs
 #
 # Each directory also gets a requirements.txt holding exactly the pins it was made for;
 # the Dockerfiles install `-r /wheels/requirements.txt --no-index --find-links /wheels`.
@@ -27,7 +30,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 WHEELHOUSE_DIR="${WHEELHOUSE_DIR:-$ROOT/build/wheelhouse}"
 PYTHON="${PYTHON:-python3}"
-TEST_ONLY_RE='^(pytest)([=<>!~ ;[]|$)'
+NOT_IN_IMAGES_RE='^(pytest|uv)([=<>!~ ;[]|$)'
 
 [[ -f "$REQUIREMENTS" ]] || die "pins file $REQUIREMENTS not found: run from the repo or set REQUIREMENTS"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3 with pip or set PYTHON"
@@ -36,10 +39,12 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3 with
 # Pins: requirement lines without comments/blank lines/inline comments.
 pins() { sed -e 's/[[:space:]]#.*$//' -e 's/^#.*$//' -e 's/[[:space:]]*$//' "$REQUIREMENTS" | grep -v '^[[:space:]]*$' || true; }
 # The FLARE image needs no extra of mlflow's (`auth` is for the tracking server only).
-FLARE_PINS="$(pins | grep -Eiv "$TEST_ONLY_RE" | sed -E 's/^mlflow\[[^]]*\]/mlflow/' || true)"
+FLARE_PINS="$(pins | grep -Eiv "$NOT_IN_IMAGES_RE" | sed -E 's/^mlflow\[[^]]*\]/mlflow/' || true)"
 MLFLOW_PINS="$(pins | grep -Ei '^mlflow(\[[^]]*\])?[[:space:]]*[=<>!~]' || true)"
 [[ -n "$FLARE_PINS" ]] || die "no pins found in $REQUIREMENTS"
+TOOL_PINS="$(pins | grep -Ei '^uv[[:space:]]*==' || true)"
 [[ -n "$MLFLOW_PINS" ]] || die "no 'mlflow==...' pin in $REQUIREMENTS: add one"
+[[ -n "$TOOL_PINS" ]] || die "no 'uv==...' pin in $REQUIREMENTS: add one (it installs the images' venvs)"
 
 # Target platform: CPython 3.11 on x86_64 Linux with glibc up to 2.36 (bookworm).
 PLATFORM_ARGS=(--only-binary=:all: --python-version 3.11 --implementation cp
@@ -85,6 +90,12 @@ fetch() {
   log "$name: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sh "$dest" | cut -f1) in $dest"
 }
 
-fetch mlflow "$MLFLOW_PINS"
-fetch flare "$FLARE_PINS" ${TORCH_ARGS[@]+"${TORCH_ARGS[@]}"}
+for name in ${@:-tools mlflow flare}; do
+  case "$name" in
+    tools) fetch tools "$TOOL_PINS" ;;
+    mlflow) fetch mlflow "$MLFLOW_PINS" ;;
+    flare) fetch flare "$FLARE_PINS" ${TORCH_ARGS[@]+"${TORCH_ARGS[@]}"} ;;
+    *) die "unknown wheel set $name: use tools, mlflow or flare" ;;
+  esac
+done
 log "done: $WHEELHOUSE_DIR"

@@ -19,7 +19,7 @@ import sys
 
 from inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, project_sites
 from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe
-from runners import run_export, run_prod, run_sim
+from runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--project", default=DEFAULT_PROJECT, help="project.yml that names the sites")
     p.add_argument("--no-wait", action="store_true", help="prod: return once the job is submitted")
     p.add_argument("--timeout", type=float, default=3600, help="prod: seconds to wait for the job")
+    p.add_argument("--ready-timeout", type=float, default=0.0,
+                   help="prod: first wait up to this many seconds for the server and every site of the job")
+    p.add_argument("--once", action="store_true",
+                   help="prod: submit nothing while a job of this name is unfinished (prints `running job ID`)")
     return p.parse_args(argv)
 
 
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
     # Relative paths (train_script, custom code) resolve against job/, so nothing host-specific ships.
     os.chdir(HERE)
     sys.path.insert(0, HERE)
+    # Prod: the admin session opens (and waits for the sites) while the job is built.
+    session = open_session(kit, username, list(sites), args.ready_timeout) if args.env == "prod" else None
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
         args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code,
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
         if args.env == "export":
             return run_export(recipe, export_dir)
         print(f"job plan: {args.name}, {args.rounds} rounds, {args.dataset}, sites {' '.join(sites)}", flush=True)
-        return run_prod(recipe, kit, username, not args.no_wait, args.timeout)
+        return run_prod(recipe, session, not args.no_wait, args.timeout, kit, args.once)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

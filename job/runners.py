@@ -51,33 +51,76 @@ def run_export(recipe, export_dir: str) -> int:
     return 0
 
 
-def run_prod(recipe, kit: str, username: str, wait: bool, timeout: float) -> int:
-    """Export, check that the job is config only, submit it with the admin kit, and maybe wait."""
+def open_session(kit: str, username: str, sites: list, ready_timeout: float = 0.0):
+    """Start opening the admin session in a thread (it overlaps building the job); the future's result
+    is the session. With ready_timeout: wait that long for the server to answer and every site to register."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="admin-session")
+    future = pool.submit(_session, kit, username, sites, ready_timeout)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _session(kit: str, username: str, sites: list, ready_timeout: float):
     import contextlib
-    import tempfile
 
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe.export(tmp)
-        job_dir = os.path.join(tmp, recipe.name)
-        check_config_only(job_dir)
-        sess = None
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter
-                sess = new_secure_session(username, kit, timeout=30)
-            job_id = sess.submit_job(job_dir)
-        except Exception as e:  # the Flare API's reason, on one line
-            if sess:
-                sess.close()  # its threads would keep this process alive
-            raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
-    print(f"submitted job {job_id}", flush=True)
-    try:
-        if not wait:
-            return 0
-        sys.path.insert(0, os.path.join(ROOT, "stack"))  # the one wait loop: `make wait`'s (stack/ beside job/ in the image too)
-        from flare_admin import wait_for
+    sys.path.insert(0, os.path.join(ROOT, "stack"))  # stack/ beside job/, in the image too
+    from flare_admin import registered
 
-        return wait_for(sess, job_id, timeout, kit)
+    deadline = time.monotonic() + ready_timeout
+    sess, missing = None, sites
+    try:
+        while True:
+            try:
+                if sess is None:
+                    with contextlib.redirect_stdout(sys.stderr):  # the API's progress chatter
+                        sess = new_secure_session(username, kit, timeout=max(5.0, min(30.0, deadline - time.monotonic())))
+                missing = sorted(set(sites) - registered(sess)) if ready_timeout else []
+            except Exception as e:  # noqa: BLE001 - the Flare API's reason, on one line
+                if time.monotonic() > deadline:
+                    raise UsageError(f"could not reach the FL server with the admin kit {kit}: {e}".replace("\n", " "))
+            if sess is not None and not missing:
+                return sess
+            if time.monotonic() > deadline:
+                raise UsageError(f"site(s) {', '.join(missing)} not registered with the FL server after "
+                                 f"{ready_timeout:.0f} s: see `make status` and `make logs`")
+            time.sleep(0.5)
+    except BaseException:
+        if sess is not None:
+            sess.close()
+        raise
+
+
+def run_prod(recipe, session, wait: bool, timeout: float, kit: str, once: bool = False) -> int:
+    """Export, check that the job is config only, submit it with the admin session (a future from
+    open_session), and maybe wait. once: submit nothing while a job of this name is unfinished."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe.export(tmp)
+            job_dir = os.path.join(tmp, recipe.name)
+            check_config_only(job_dir)
+            sess = session.result()
+            from flare_admin import active_job, wait_for  # (stack/ is on the path: _session) the one wait loop
+
+            running = active_job(sess, recipe.name) if once else None
+            if running:
+                print(f"running job {running}", flush=True)
+                return 0
+            try:
+                job_id = sess.submit_job(job_dir)
+            except Exception as e:  # the Flare API's reason, on one line
+                raise UsageError(f"could not submit the job with the admin kit {kit}: {e}".replace("\n", " "))
+        print(f"submitted job {job_id}", flush=True)
+        return wait_for(sess, job_id, timeout, kit) if wait else 0
     finally:
-        sess.close()
+        session.add_done_callback(_close)  # now, or once it opens: its threads would keep this process alive
+
+
+def _close(future):
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

@@ -2,7 +2,6 @@
 
     python3 stack/flare_admin.py status               server, registered clients, recent jobs
     python3 stack/flare_admin.py clients SITE ...     exit 0 when all named clients are registered
-    python3 stack/flare_admin.py active NAME          print the id of an unfinished job named NAME
     python3 stack/flare_admin.py wait [JOB_ID]        wait for a job (default: the newest) to end
 """
 
@@ -50,19 +49,23 @@ def reason(sess, job: dict) -> str:
     return f": {why}" if why else ""
 
 
+def registered(sess) -> set:
+    return {c.name for c in sess.get_system_info().client_info}
+
+
 def cmd_clients(sess, args) -> int:
-    registered = {c.name for c in sess.get_system_info().client_info}
-    missing = sorted(set(args.sites) - registered)
-    print("registered: " + ", ".join(sorted(registered)) + (f"; missing: {', '.join(missing)}" if missing else ""))
+    have = registered(sess)
+    missing = sorted(set(args.sites) - have)
+    print("registered: " + ", ".join(sorted(have)) + (f"; missing: {', '.join(missing)}" if missing else ""))
     return 1 if missing else 0
 
 
-def cmd_active(sess, args) -> int:
+def active_job(sess, name: str):
+    """The id of an unfinished job named `name`, or None."""
     for job in jobs(sess):
-        if job.get("job_name", job.get("name")) == args.name and not job["status"].startswith(TERMINAL):
-            print(job["job_id"])
-            return 0
-    return 1
+        if job.get("job_name", job.get("name")) == name and not job["status"].startswith(TERMINAL):
+            return job["job_id"]
+    return None
 
 
 def cmd_wait(sess, args) -> int:
@@ -112,7 +115,7 @@ def _wait(own: list, job_id: str, timeout: float, kit: str) -> int:
         if time.monotonic() > deadline:
             print(f"error: job {job_id} still {status or last} after {timeout:.0f} s", file=sys.stderr)
             return 1
-        time.sleep(3)
+        time.sleep(1)  # a status query is cheap; `make wait` ends within a second of the job
 
 
 def reconnect(sess, kit: str):
@@ -133,8 +136,6 @@ def main() -> int:
     s.add_argument("--limit", type=int, default=5)
     s = sub.add_parser("clients")
     s.add_argument("sites", nargs="+")
-    s = sub.add_parser("active")
-    s.add_argument("name")
     s = sub.add_parser("wait")
     s.add_argument("job_id", nargs="?")
     s.add_argument("--timeout", type=float, default=7200)

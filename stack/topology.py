@@ -5,6 +5,7 @@ own host (`make bundles`: dist/<participant>/, written by stack/bundle.py).
     python3 stack/topology.py compose [PROJECT]          print the one-host compose file
     python3 stack/topology.py check [PROJECT]            check the project and print SITE=UI_PORT ...
                                                          (exit 2 with one line if bad)
+    python3 stack/topology.py plan [PROJECT]             both: the check's line, then the compose file
     python3 stack/topology.py participants [PROJECT]     print the participants' names
 
 A client participant may set `mlflow_port` (its MLflow UI on the host; default 5000 + its place among
@@ -142,6 +143,9 @@ x-mlflow: &mlflow
   # docker/mlflow-site.py: syncs the site's accounts from its secrets, then runs MLflow behind a login.
   command: ["fedtrack-mlflow", "serve"]
   mem_limit: 1536m
+  # A quarter of the FL services' CPU weight when the cores are busy (start-up, training): the job
+  # goes first, the site's spool keeps every record until MLflow takes it.
+  cpu_shares: 256
   pids_limit: 256
   tmpfs: ["/tmp:size=256m", "/home/mlflow:size=64m"]
   healthcheck:
@@ -197,8 +201,10 @@ SERVER = """
 SITE = """
   {site}:
     <<: *client
+    # Started, not healthy: the client dials the server until it answers, and its spool keeps every
+    # record until its MLflow answers, so nothing waits on a healthcheck's interval.
     depends_on:{server_dep}
-      mlflow-{site}: {{condition: service_healthy}}
+      mlflow-{site}: {{condition: service_started}}
     environment:
       FEDTRACK_TRACKING_URI: {uri}
       FEDTRACK_MLFLOW_USERNAME: forwarder
@@ -299,7 +305,7 @@ def compose_text(project: Project, part: str = None) -> str:
         out.append(SITE.format(
             site=site, uri=project.uris[site], port=project.ports[site], port_var=port_var(site),
             kit="./kit" if bundle else f"{kits_dir(project)}/{site}",
-            server_dep="" if bundle else f"\n      {server}: {{condition: service_healthy}}",
+            server_dep="" if bundle else f"\n      {server}: {{condition: service_started}}",
             extra_hosts=dial if bundle else ""))
     if not bundle or part == project.admin["name"]:
         out.append(ADMIN.format(
@@ -329,7 +335,7 @@ def compose_text(project: Project, part: str = None) -> str:
 
 
 def main(argv: list) -> int:
-    if not argv or argv[0] not in ("compose", "check", "participants"):
+    if not argv or argv[0] not in ("compose", "check", "plan", "participants"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd, args = argv[0], argv[1:]
@@ -338,8 +344,10 @@ def main(argv: list) -> int:
         project = Project(args[0] if args else os.path.join(here, "provision", "project.yml"))
         if cmd == "compose":
             sys.stdout.write(compose_text(project))
-        elif cmd == "check":
+        elif cmd in ("check", "plan"):
             print(" ".join(f"{site}={port}" for site, port in ui_ports(project, os.environ).items()))
+        if cmd == "plan":  # `make up`: one container run instead of two
+            sys.stdout.write(compose_text(project))
         elif cmd == "participants":
             print("\n".join(project.participants()))
     except ProjectError as e:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# `make up`: the compose file from provision/project.yml, kits, services (waiting until healthy and
-# every site's client registered), then the job, unless a job of the same name is still running.
-# Returns while the job trains. `up.sh --check` only checks the knobs (make check, run before the
-# images are built; the project too once the FLARE image exists); `--compose-file` only writes the
-# compose file.
+# `make up`: the compose file from provision/project.yml, kits, services, then the job (unless a job
+# of the same name is still running) as soon as the server and every site's client answer; then it
+# waits for every site's MLflow. Returns while the job trains. `up.sh --knobs` only checks the knobs
+# (before the images are built); `--check` the project too once the FLARE image exists;
+# `--compose-file` only writes the compose file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:=}" "${DATASET:?}" "${NVFLARE_VERSION:?}"
@@ -43,14 +43,17 @@ check_project() {
 }
 
 check_knobs
+[ "${1:-}" != --knobs ] || exit 0
 if [ "${1:-}" = --check ]; then
   if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_project; fi
   exit 0
 fi
-check_project
 
-# The compose file follows the project: written again only when the sites changed.
-topology compose > .docker-compose.yml.new || { rm -f .docker-compose.yml.new; exit 2; }
+# One container run checks the project and writes the compose file; written again only when the sites changed.
+topology plan > .docker-compose.yml.new || { rm -f .docker-compose.yml.new; exit 2; }
+SITES=() PORTS=()
+for spec in $(head -n1 .docker-compose.yml.new); do SITES+=("${spec%%=*}") PORTS+=("${spec#*=}"); done
+sed -i 1d .docker-compose.yml.new
 if cmp -s .docker-compose.yml.new docker-compose.yml; then
   rm .docker-compose.yml.new
 else
@@ -70,21 +73,34 @@ done
 mkdir -p "${DATA_DIR:-./data}"
 
 compose run --rm -T provision
-echo "Starting services and waiting until they are healthy (clients registered)..."
+echo "Starting services; the job goes in as soon as the server and every site's client answer..."
 # --remove-orphans: a site no longer in the project stops (its volumes stay, for `make clean` to check).
-compose up -d --wait --wait-timeout "${UP_TIMEOUT:-600}" --remove-orphans
-admin python3 stack/flare_admin.py clients "${SITES[@]}"
-
-if job_id=$(admin python3 stack/flare_admin.py active "$JOB_NAME"); then
+compose up -d --remove-orphans
+# One admin session: it waits for the sites while the job is built, then submits it unless a job of
+# this name still runs. The job takes its sites and tracking URIs from the project (mounted there).
+out=$(admin python3 job/job.py --env prod --startup-kit /kit --no-wait --once --ready-timeout "${UP_TIMEOUT:-600}" \
+  --name "$JOB_NAME" ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" --data-dir /data \
+  ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} 2>&1) || { echo "$out" >&2; exit 1; }
+if job_id=$(sed -n 's/^running job //p' <<<"$out") && [ -n "$job_id" ]; then
   echo "Job $job_id ($JOB_NAME) is still running: not submitting another."
 else
-  # The job takes its sites and their tracking URIs from the project (mounted in the admin container).
-  out=$(admin python3 job/job.py --env prod --startup-kit /kit --no-wait --name "$JOB_NAME" \
-    ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" --data-dir /data ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} 2>&1) \
-    || { echo "$out" >&2; exit 1; }
   job_id=$(sed -n 's/^submitted job //p' <<<"$out" | tail -n1)
   echo "Submitted job $job_id ($(sed -n 's/^job plan: //p' <<<"$out"))."
 fi
+
+# Each site's MLflow: ready when its UI port answers /health (the job does not wait for it: each site
+# spools its records until then). A service that exits or restarts instead is an error, at once.
+deadline=$((SECONDS + ${UP_TIMEOUT:-600})) tries=0
+for i in "${!SITES[@]}"; do
+  # (A subshell: Docker's port proxy accepts before MLflow listens, and a write to it may raise SIGPIPE.)
+  until (exec 3<>"/dev/tcp/127.0.0.1/${PORTS[$i]}" && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 \
+         && grep -q '^HTTP/1.[01] 200' <&3) 2>/dev/null; do
+    if [ $SECONDS -gt "$deadline" ]; then die "${SITES[$i]}'s MLflow does not answer on 127.0.0.1:${PORTS[$i]}: see \`make logs\`"; fi
+    ((++tries % 10)) || bad=$(compose ps -a --format '{{.Service}} {{.State}}' | awk '$2 ~ /^(exited|restarting|dead)$/ {print $1}')
+    [ -z "${bad:-}" ] || die "service(s) $(echo $bad) stopped or keep restarting: see \`make logs\` (the job was submitted)"
+    sleep 0.3
+  done
+done
 echo "  job id:          $job_id"
 for i in "${!SITES[@]}"; do
   printf '  %-16s http://127.0.0.1:%s\n' "${SITES[$i]} MLflow:" "${PORTS[$i]}"

@@ -64,7 +64,8 @@ def test_three_sites_get_three_of_everything(tmp_path):
         assert services[f"mlflow-{site}"]["networks"] == [site, f"{site}-ui"]
         assert networks[site] == {"internal": True} and networks[f"{site}-ui"] == {}
         assert f"{site}-workspace" in compose["volumes"] and f"mlflow-{site}" in compose["volumes"]
-        assert services[site]["depends_on"][f"mlflow-{site}"] == {"condition": "service_healthy"}
+        assert services[site]["depends_on"] == {"server": {"condition": "service_started"},
+                                                f"mlflow-{site}": {"condition": "service_started"}}
     # Site N's UI on 5000+N unless set; the tracking URI is the site's own service unless set.
     assert services["mlflow-north"]["ports"] == [f"127.0.0.1:${{{port_var('north')}:-5001}}:5000"]
     assert services["mlflow-south"]["ports"] == [f"127.0.0.1:${{{port_var('south')}:-7002}}:5000"]
