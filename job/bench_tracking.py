@@ -5,8 +5,11 @@
 1. Per-call cost of one metric log at the receiver (what the training thread pays): nvflare's
    stock MLflowReceiver vs this project's spooling receiver, with the tracking server up and down.
 2. Delivery latency, log call -> visible through the server's REST API (p50 / p95).
-3. Sustained delivery throughput, points per second for one site.
-4. The job's round time (simulator, 2 sites) with both servers up, and with the first site's server down
+3. Sustained delivery throughput, points per second for one site, against raw `log_batch` calls
+   (1000-point batches) into the same server.
+4. A digits training step (the job's model, data and optimizer, one thread) that logs its loss through
+   the receiver, with the forwarder delivering, against the same step logging to a no-op receiver.
+5. The job's round time (simulator, 2 sites) with both servers up, and with the first site's server down
    for the whole job.
 Each part starts its own MLflow server(s) on free loopback ports and removes them afterwards.
 """
@@ -28,11 +31,11 @@ from topology import Project  # noqa: E402
 SITE, OTHER = Project(os.path.join(ROOT, "provision", "project.yml")).sites[:2]  # the job's first two sites
 
 
-def metric_shareable(step: int):
+def metric_shareable(step: int, value: float = None):
     from nvflare.apis.analytix import AnalyticsDataType, LogWriterName
     from nvflare.apis.utils.analytix_utils import create_analytic_dxo
 
-    return create_analytic_dxo("train_loss", 0.5 + step * 1e-6, AnalyticsDataType.METRIC,
+    return create_analytic_dxo("train_loss", 0.5 + step * 1e-6 if value is None else value, AnalyticsDataType.METRIC,
                                writer=LogWriterName.MLFLOW, global_step=step).to_shareable()
 
 
@@ -127,7 +130,18 @@ def bench_latency(server, tmp: str, n: int):
 
 
 def bench_throughput(server, tmp: str, n: int):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
     from spool import SpoolWriter, start_forwarder
+
+    client = MlflowClient(tracking_uri=server.uri)
+    run_id = client.create_run(client.create_experiment(f"bench-raw-{os.getpid()}")).info.run_id
+    now = int(time.time() * 1000)
+    t0 = time.monotonic()
+    for first in range(0, n, 1000):
+        client.log_batch(run_id, metrics=[Metric("tp", float(i), now, i) for i in range(first, min(n, first + 1000))])
+    raw = n / (time.monotonic() - t0)
 
     name = f"bench-throughput-{os.getpid()}"
     w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": SITE,
@@ -135,18 +149,71 @@ def bench_throughput(server, tmp: str, n: int):
     t0 = time.monotonic()
     for i in range(n):
         w.append("metric", "tp", float(i), i)
-    spooled = time.monotonic() - t0
     w.close()
+    spooled = time.monotonic() - t0
     start_forwarder(tmp + "/tp")
     path = w.path
     while os.path.exists(path):
-        time.sleep(0.1)
+        time.sleep(0.05)
     took = time.monotonic() - t0
     rest = MLflowREST(server.uri)
     run_id = rest.runs([rest.experiment_by_name(name)["experiment_id"]])[0]["info"]["run_id"]
     got = len(rest.history(run_id, "tp"))
-    print(f"3. sustained delivery: {n} points spooled in {spooled:.1f} s ({n / spooled:,.0f}/s), "
-          f"delivered in {took:.1f} s: {n / took:,.0f} points/s per site ({got} in the server)")
+    print(f"3. sustained delivery: {n} points spooled in {spooled:.2f} s ({n / spooled:,.0f}/s), delivered in "
+          f"{took:.1f} s: {n / took:,.0f} points/s per site ({got} in the server); raw log_batch, same server: "
+          f"{raw:,.0f} points/s; ratio {n / took / raw:.2f}")
+
+
+def bench_step(server, tmp: str, steps: int, blocks: int = 6):
+    """Mean step time of blocks of `steps` training steps, alternating a no-op and our receiver."""
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import DataLoader
+
+    from data import load_site_data
+    from model import SimpleNetwork
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # as each site's client in the deployment (.env's TORCH_THREADS)
+    train, _ = load_site_data("digits", 0, 2)
+    loader = DataLoader(train, batch_size=32, shuffle=True)
+    model, loss_fn = SimpleNetwork(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    class NoOp:
+        def save(self, fl_ctx, shareable, origin):
+            pass
+
+    receivers = {"no-op receiver": NoOp(), "spooling receiver": SpoolingReceiver(server.uri, tmp + "/step", f"bench-step-{os.getpid()}")}
+    times = {k: [] for k in receivers}
+    step = 0
+
+    def block(receiver):
+        nonlocal step
+        t0 = time.perf_counter()
+        done = 0
+        while done < steps:
+            for x, y in loader:
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                receiver.save(None, metric_shareable(step, loss.item()), SITE)  # as MLflowWriter.log_metric sends it
+                step += 1
+                done += 1
+                if done == steps:
+                    break
+        return (time.perf_counter() - t0) / steps
+
+    block(receivers["no-op receiver"])  # warm-up
+    for _ in range(blocks):
+        for name, r in receivers.items():
+            times[name].append(block(r))
+    base, ours = (statistics.median(times[k]) for k in receivers)
+    print(f"4. training step (digits, batch 32, 1 thread), median of {blocks} alternating blocks of {steps} steps: "
+          f"no-op receiver {base * 1e3:.3f} ms, spooling receiver with its forwarder delivering {ours * 1e3:.3f} ms; "
+          f"ratio {ours / base:.3f}")
+    receivers["spooling receiver"].r.writer.close()
 
 
 def round_times(uri: str, name: str, site: str) -> list:
@@ -184,7 +251,7 @@ def bench_rounds(tmp: str, rounds: int):
                     pass
                 time.sleep(1)
             res[label] = (wall, statistics.mean(times))
-            print(f"4. {rounds}-round job, {label}: wall {wall:.1f} s, mean round {res[label][1]:.2f} s")
+            print(f"5. {rounds}-round job, {label}: wall {wall:.1f} s, mean round {res[label][1]:.2f} s")
     finally:
         s1.stop()
         s2.stop()
@@ -202,6 +269,7 @@ def main():
                 bench_per_call(server, tmp, n)
                 bench_latency(server, tmp, 20 if args.quick else 100)
                 bench_throughput(server, tmp, 20000 if args.quick else 100000)
+                bench_step(server, tmp, 200 if args.quick else 1000)
             finally:
                 server.stop()
             bench_rounds(tmp, 3 if args.quick else 5)

@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
     p.add_argument("--spool-limit", type=int, default=None,
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
+    p.add_argument("--system-metrics-interval", type=float, default=DEFAULTS["system_metrics_interval"],
+                   help="seconds between samples of each site's CPU, memory and GPUs, into its own run (0: none)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
@@ -64,6 +66,8 @@ def main(argv=None) -> int:
                 raise UsageError(f"{flag} must be at least 1")
         if args.spool_limit is not None and args.spool_limit < 1:
             raise UsageError("--spool-limit must be at least 1")
+        if not args.system_metrics_interval >= 0:
+            raise UsageError("--system-metrics-interval must be 0 (none) or a number of seconds")
         if not args.lr > 0:
             raise UsageError("--lr must be positive")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
@@ -112,14 +116,15 @@ def main(argv=None) -> int:
     session = open_session(kit, username, list(sites), args.ready_timeout) if args.env == "prod" else None
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
-        args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code,
+        args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code, args.system_metrics_interval,
     )
     try:
         if args.env == "sim":
             return run_sim(recipe, sites, workspace)
         if args.env == "export":
             return run_export(recipe, export_dir)
-        print(f"job plan: {args.name}, {args.rounds} rounds, {args.dataset}, sites {' '.join(sites)}", flush=True)
+        print(f"job plan: {args.name}, {args.rounds} rounds, {args.dataset}, lr {args.lr}, {args.local_epochs} local "
+              f"epoch(s), batch {args.batch_size}, sites {' '.join(sites)}", flush=True)
         return run_prod(recipe, session, not args.no_wait, args.timeout, kit, args.once)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@ import os
 JOB_NAME = "fedavg-site-tracking"
 # The training defaults, stated once: the CLI's and build_recipe's (the training script takes every
 # one from the job; `make up` passes ROUNDS and DATASET from .env).
-DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data"}
+DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data",
+            "system_metrics_interval": 10.0}  # seconds between samples of a site's CPU, memory, GPUs (MLflow's own)
 FED_FORWARDER_ID = "event_to_fed"
 # Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
 SITE_CODE = "/opt/fedtrack/job"
@@ -26,6 +27,7 @@ def build_recipe(
     spool_limit: int = None,
     torch_threads: int = 0,
     site_code: str = None,
+    system_metrics_interval: float = DEFAULTS["system_metrics_interval"],
 ):
     """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server.
 
@@ -69,7 +71,7 @@ def build_recipe(
             server_side=False,
             clients=[site],
         )
-    _use_site_receivers(recipe, sites, name, spool_limit)
+    _use_site_receivers(recipe, sites, name, spool_limit, system_metrics_interval)
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
     recipe._job.to_server(RunOutcome(), id="run_outcome")  # each site's run ends with the job's real outcome
@@ -91,7 +93,7 @@ def _ship_no_code(recipe):
         app.app_config.ext_scripts.clear()
 
 
-def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int = None):
+def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int, system_metrics_interval: float):
     """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
     from spool import DEFAULT_MAX_RECORDS
     from tracking import SiteMLflowReceiver
@@ -106,6 +108,7 @@ def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int = None)
             run_name=name,
             events=stock.events,
             max_spooled_records=spool_limit or DEFAULT_MAX_RECORDS,
+            system_metrics_interval=system_metrics_interval,
         )
 
 

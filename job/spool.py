@@ -1,8 +1,8 @@
 """Durable, site-local delivery of tracking records to the site's own MLflow server.
 
 The training side only appends records to a spool on the site's persistent storage (one SQLite
-file per job, in `<site workspace>/tracking-spool/`): no network I/O, tens of microseconds per
-record. A forwarder process (one per site: `serve`, started with the site's container, or
+file per job, in `<site workspace>/tracking-spool/`), committed in groups by a thread of its own
+(SpoolWriter): no I/O on the training thread. A forwarder process (one per site: `serve`, started with the site's container, or
 `forward`, started by the receiver when none runs) delivers them in order and in batches,
 retrying with backoff until the server accepts them, and deletes a record only after the server
 has it. It outlives the job: records spooled while the server is down arrive after it returns,
@@ -29,16 +29,20 @@ A write the storage refuses (disk full) is counted too (SpoolWriter); the forwar
     python3 spool.py count DIR        the number of undelivered records (exit 1 if a spool cannot be read)
 """
 
+import atexit
+import collections
 import fcntl
 import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 FORWARDER_LOCK = ".forwarder.lock"
@@ -47,8 +51,11 @@ DEFAULT_MAX_RECORDS = 1_000_000
 BATCH = 1000  # MLflow's log-batch limits: 1000 metrics, 100 params, 100 tags per request
 POLL = 0.2  # seconds between looks at an idle spool
 BACKOFF = (0.5, 1, 2, 5, 10, 20, 30)
+COMMIT_INTERVAL = 0.05  # seconds between the writer's commits: what a crash of the training process can lose
 IDLE_EXIT = 30.0  # seconds a forwarder with nothing left to do stays before it exits
 SITE_URI_ENV = "FEDTRACK_TRACKING_URI"  # set at a deployed site: its own MLflow, the only destination
+# MLflow 3's UI opens an experiment in its GenAI views unless this tag says it is model training.
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 USER_ENV, PASSWORD_FILE_ENV = "FEDTRACK_MLFLOW_USERNAME", "FEDTRACK_MLFLOW_PASSWORD_FILE"
 
 log = logging.getLogger("fedtrack.spool")
@@ -110,9 +117,14 @@ def _alive(token: str) -> bool:
 class SpoolWriter:
     """Appends one job's records at a site. Used from the training process only.
 
-    A write the site's storage refuses (disk full, read-only or lost volume) loses that record
-    only: it is counted (`failed`, in `status` and the site's healthcheck), what is already
-    spooled stays, and the next append tries again, so spooling resumes once space returns.
+    Group commits: append() only queues the record (about a microsecond, no I/O on the caller's
+    thread); a committer thread writes what is queued in one transaction every COMMIT_INTERVAL.
+    What a crash of the training process can lose is what it logged in its last COMMIT_INTERVAL
+    (plus the commit under way); close() and a normal exit commit everything first.
+
+    A write the site's storage refuses (disk full, read-only or lost volume) loses that commit's
+    records only: they are counted (`failed`, in `status` and the site's healthcheck), what is
+    already spooled stays, and the next commit tries again, so spooling resumes once space returns.
     """
 
     def __init__(self, spool_dir: str, job_key: str, meta: dict, max_records: int = DEFAULT_MAX_RECORDS):
@@ -125,7 +137,14 @@ class SpoolWriter:
         self.failures = FailureLog(spool_dir, job_key)
         self.closed = False
         self._next_open = 0.0
-        self._open()
+        self._queue = collections.deque()  # (convert, item): appended by any thread, taken by commit()
+        self._lock = threading.Lock()  # one commit at a time; the database is only touched under it
+        self._stop = threading.Event()
+        with self._lock:
+            self._open()
+        self._committer = threading.Thread(target=self._commit_every, name="spool-commit", daemon=True)
+        self._committer.start()
+        atexit.register(self.commit)  # a normal exit without close() keeps what was queued
 
     def _open(self) -> bool:
         """(Re)open the spool; False, with the failure logged, while the storage refuses it."""
@@ -153,75 +172,124 @@ class SpoolWriter:
         return True
 
     def pending(self) -> int:
+        """Undelivered records in the spool (not those still queued)."""
         first = self.db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
         self._floor = self.last_seq + 1 if first is None else first
         return 0 if first is None else self.last_seq - first + 1
 
-    def _may_be_full(self) -> bool:
-        """Query the spool only when even the oldest possible undelivered record would make it full."""
-        return self.last_seq - self._floor + 1 >= self.max_records and self.pending() >= self.max_records
+    def append(self, kind: str, key: str, value=None, step: int = None, ts: int = None):
+        """Queue one record for the next commit, stamped now unless ts (ms) is given."""
+        self.put((kind, key, value, step, ts if ts is not None else int(time.time() * 1000)))
 
-    def append(self, kind: str, key: str, value=None, step: int = None, ts: int = None) -> bool:
-        """Spool one record; False if it was refused (spool full) or failed (storage error), counted."""
+    def put(self, item, convert=None):
+        """Queue item for the next commit; convert(item) gives its records (kind, key, value, step,
+        ts), run on the committing thread, so the caller pays for neither parsing nor I/O."""
         if self.closed:
             raise RuntimeError("spool is closed")
-        if not self._open():
-            self.failed += 1
-            self.failures.record(self.failed)
-            return False
-        try:
-            if kind != "end" and self._may_be_full():
-                self.refused += 1
-                if self.refused == 1 or self.refused % 10000 == 0:
-                    log.warning(
-                        "tracking spool %s is full (%d undelivered records, limit %d): %d record(s) refused so far; "
-                        "start the site's MLflow server or raise the limit",
-                        self.path, self.pending(), self.max_records, self.refused,
-                    )
-                    _set_meta(self.db, refused=self.refused)
-                return False
-            cur = self.db.execute(
-                "INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)",
-                (kind, key, None if value is None else (value if isinstance(value, str) else json.dumps(value)),
-                 step, ts if ts is not None else int(time.time() * 1000)),
-            )
-        except sqlite3.Error as e:
-            self.failed += 1
-            if self.failed == 1 or self.failed % 10000 == 0:
-                log.error("tracking spool %s: a write failed (%s): %d record(s) lost so far; free space on the "
-                          "site's volume, spooling resumes by itself", self.path, e, self.failed)
-            self.failures.record(self.failed, e)
-            # A connection that hit a full disk keeps failing after space returns: open a new one (at
-            # most once a second) for the next record.
-            self.db.close()
-            self.db, self._next_open = None, time.monotonic() + 1.0
-            return False
-        self.last_seq = cur.lastrowid
-        if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
+        self._queue.append((convert, item))
+
+    def _commit_every(self):
+        while not self._stop.wait(COMMIT_INTERVAL):
+            self.commit()
+
+    def commit(self) -> int:
+        """Write what is queued in one transaction; the number of records written."""
+        with self._lock:
+            return self._commit()
+
+    def _commit(self) -> int:
+        rows = []
+        while self._queue:
+            convert, item = self._queue.popleft()
             try:
+                records = [item] if convert is None else convert(item)
+            except Exception as e:  # noqa: BLE001 - one unreadable record must not stop the others
+                self.failed += 1
+                log.error("tracking spool %s: a record could not be read (%s); it is counted as lost", self.path, e)
+                continue
+            for kind, key, value, step, ts in records:
+                rows.append((kind, key, None if value is None else (value if isinstance(value, str) else json.dumps(value)),
+                             step, ts))
+        if not rows:
+            return 0
+        if not self._open():
+            self._lost(len(rows))
+            return 0
+        try:
+            # Full: new records are refused, the run's final status never is.
+            room = self.max_records - (self.last_seq - self._floor + 1)
+            if len(rows) > room:
+                room = self.max_records - self.pending()
+            taken, refused = [], 0
+            for row in rows:
+                if row[0] == "end" or len(taken) < room:
+                    taken.append(row)
+                else:
+                    refused += 1
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)", taken)
+            last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0] if taken else self.last_seq
+            if refused:
+                first = self.refused == 0
+                self.refused += refused
+                _set_meta(self.db, refused=self.refused)
+            if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
                 _set_meta(self.db, failed=self.failed)
-                self.failures.clear(self.failed)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._lost(len(rows), e)
+            return 0
+        self.last_seq = last_seq
+        if refused and (first or self.refused // 10000 != (self.refused - refused) // 10000):
+            log.warning(
+                "tracking spool %s is full (%d undelivered records, limit %d): %d record(s) refused so far; "
+                "start the site's MLflow server or raise the limit",
+                self.path, self.pending(), self.max_records, self.refused,
+            )
+        if self.failures.open:
+            self.failures.clear(self.failed)
+        return len(taken)
+
+    def _lost(self, n: int, error: Exception = None):
+        """A commit of n records failed: count them; a connection that hit a full disk keeps failing
+        after space returns, so the next commit opens a new one (at most once a second)."""
+        before, self.failed = self.failed, self.failed + n
+        if error is not None:
+            if before == 0 or before // 10000 != self.failed // 10000:
+                log.error("tracking spool %s: a write failed (%s): %d record(s) lost so far; free space on the "
+                          "site's volume, spooling resumes by itself", self.path, error, self.failed)
+            try:
+                self.db.close()
             except sqlite3.Error:
                 pass
-        return True
+            self.db, self._next_open = None, time.monotonic() + 1.0
+        self.failures.record(self.failed, error)
 
     def close(self, status: str = "FINISHED"):
-        """The job ended: spool the run's final status; the forwarder sets it after the last record."""
+        """The job ended: commit what is queued and the run's final status; the forwarder sets it
+        after the last record."""
         if self.closed:
             return
-        self._next_open = 0.0  # the last record: try the storage once more now, whatever failed before
-        if not self.append("end", "status", status):
-            self.failures.record(self.failed, force=True)  # the final count, for `status`
-            log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
-                      "forwarder marks the run FAILED", self.path, status)
-        elif self.db is not None:
-            try:
-                _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
-            except sqlite3.Error:
-                pass
-        if self.db is not None:
-            self.db.close()
+        self._stop.set()
+        self.append("end", "status", status)
         self.closed = True
+        atexit.unregister(self.commit)
+        with self._lock:
+            self._next_open = 0.0  # the last commit: try the storage once more now, whatever failed before
+            failed = self.failed
+            self._commit()
+            if self.failed > failed:
+                self.failures.record(self.failed, force=True)  # the final count, for `status`
+                log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
+                          "forwarder marks the run FAILED", self.path, status)
+            elif self.db is not None:
+                try:
+                    _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
+                except sqlite3.Error:
+                    pass
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
 
 class FailureLog:
@@ -285,7 +353,7 @@ class Delivery:
     def __init__(self, path: str):
         self.path = path
         self.db = _connect(path)
-        self.client = None
+        self.client = self.creds = None
         self.failures = 0
         self.next_try = 0.0
         self.last_error = None
@@ -299,6 +367,7 @@ class Delivery:
 
             use_site_credentials(uri)
             self.client = MlflowClient(tracking_uri=uri)
+            self.creds = None
         return self.client
 
     def _run_id(self, meta: dict) -> str:
@@ -307,7 +376,10 @@ class Delivery:
         client = self._client(meta["tracking_uri"])
         exp = client.get_experiment_by_name(meta["experiment_name"])
         # No artifact location from here: the site's server stores and serves the artifacts.
-        exp_id = exp.experiment_id if exp else client.create_experiment(meta["experiment_name"], tags={"site": meta["site"]})
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            meta["experiment_name"], tags={"site": meta["site"], EXPERIMENT_KIND: TRAINING})
+        if exp and exp.tags.get(EXPERIMENT_KIND) != TRAINING:  # made by an earlier version, or by hand
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING)
         found = client.search_runs(
             [exp_id], filter_string=f"tags.job_id = '{meta['job_id']}' and tags.site = '{meta['site']}'", max_results=1
         )
@@ -321,8 +393,6 @@ class Delivery:
 
     def step(self) -> bool:
         """Send what is pending, as far as the server takes it. True when the spool is done."""
-        from mlflow.entities import Metric, Param, RunTag
-
         meta = _meta(self.db)
         if "tracking_uri" not in meta:
             return False  # its writer has not set it up yet (a full volume): nothing spooled, nothing to do
@@ -346,11 +416,11 @@ class Delivery:
             if kind in ("text", "end") and (metrics or params or tags):
                 break  # send the batch before it, then this one
             if kind == "metric":
-                metrics.append(Metric(key, float(json.loads(value)), ts, step or 0))
+                metrics.append({"key": key, "value": _json_number(float(value)), "timestamp": ts, "step": step or 0})
             elif kind == "param":
-                params.append(Param(key, value))
+                params.append({"key": key, "value": value})
             elif kind == "tag":
-                tags.append(RunTag(key, value))
+                tags.append({"key": key, "value": value})
             elif kind == "text":
                 client.log_text(run_id, value, key)
                 last = seq
@@ -366,9 +436,21 @@ class Delivery:
             if len(params) == 100 or len(tags) == 100:
                 break
         if metrics or params or tags:
-            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+            self._log_batch(meta["tracking_uri"], {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags})
         self._ack(last)
         return False
+
+    def _log_batch(self, uri: str, body: dict):
+        """MLflow's log-batch request, built here from the spool's rows: the client's entity and
+        protobuf round trip cost more than the request itself."""
+        from mlflow.utils.rest_utils import MlflowHostCreds, http_request_safe
+
+        if self.creds is None:
+            self.creds = MlflowHostCreds(
+                uri, username=os.environ.get("MLFLOW_TRACKING_USERNAME"), password=os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+                ignore_tls_verification=os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true",
+                server_cert_path=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+        http_request_safe(self.creds, "/api/2.0/mlflow/runs/log-batch", "POST", json=body)
 
     def _ack(self, last_seq: int):
         """The server has everything up to last_seq: drop it from the spool."""
@@ -379,6 +461,13 @@ class Delivery:
         meta = _meta(self.db)
         pending = self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
         return pending, int(meta.get("refused", 0)), int(meta.get("failed", 0))
+
+
+def _json_number(x: float):
+    """x as protobuf's JSON mapping writes it: NaN and infinities (a diverged loss) as strings."""
+    if math.isfinite(x):
+        return x
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
 def check_destination(uri: str):

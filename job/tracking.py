@@ -18,6 +18,7 @@ Compared with nvflare's stock MLflowReceiver it also:
   otherwise (and, by the forwarder, when the job's process died without closing the spool).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,12 @@ from spool import DEFAULT_MAX_RECORDS, SpoolWriter, check_destination, start_for
 SPOOL_DIR = "tracking-spool"
 FORWARDER_CHECK = 5.0  # seconds between checks that the site's forwarder runs
 
+RECORD_KINDS = {
+    AnalyticsDataType.METRIC: "metric", AnalyticsDataType.METRICS: "metric",
+    AnalyticsDataType.PARAMETER: "param", AnalyticsDataType.PARAMETERS: "param",
+    AnalyticsDataType.TAG: "tag", AnalyticsDataType.TAGS: "tag",
+}
+
 log = logging.getLogger("fedtrack.tracking")
 
 
@@ -61,6 +68,58 @@ def probe_tracking_server(uri: str, timeout: float = 5.0) -> Optional[str]:
         return str(getattr(e, "reason", e))
 
 
+def records_of(item) -> list:
+    """The spool records (kind, key, value, step, ts) of one analytics event for MLflow."""
+    shareable, ts = item
+    data = AnalyticsData.from_dxo(from_shareable(shareable), receiver=LogWriterName.MLFLOW)
+    if not data:
+        return []
+    t, step = data.data_type, data.step or 0
+    if t == AnalyticsDataType.TEXT:
+        return [("text", data.kwargs["path"], data.value, None, ts)] if data.kwargs.get("path") else []
+    kind = RECORD_KINDS.get(t)
+    if kind is None:
+        return []
+    values = data.value if t in (AnalyticsDataType.METRICS, AnalyticsDataType.PARAMETERS, AnalyticsDataType.TAGS) \
+        else {data.tag: data.value}
+    if kind == "metric":
+        return [("metric", k, float(v), step, ts) for k, v in values.items()]
+    return [(kind, k, str(v), None, ts) for k, v in values.items()]
+
+
+def gpus() -> list:
+    """NVML handles of the NVIDIA GPUs this process sees; none without a driver or a GPU."""
+    try:
+        import pynvml  # nvidia-ml-py; NVML itself comes with the driver (the container toolkit mounts it)
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound and kin: a host without GPUs
+        return []
+
+
+def system_metrics(gpu_handles: list) -> dict:
+    """One sample of this host's CPU, memory and GPUs, under MLflow's system-metric names (its run
+    page's System metrics tab). CPU is the share since the previous sample."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    out = {
+        "system/cpu_utilization_percentage": psutil.cpu_percent(),
+        "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
+        "system/system_memory_usage_percentage": mem.percent,
+    }
+    if gpu_handles:
+        import pynvml
+
+        for i, handle in enumerate(gpu_handles):
+            used = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            out[f"system/gpu_{i}_utilization_percentage"] = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            out[f"system/gpu_{i}_memory_usage_megabytes"] = used.used / 2**20
+            out[f"system/gpu_{i}_memory_usage_percentage"] = 100.0 * used.used / used.total
+    return out
+
+
 class SiteMLflowReceiver(AnalyticsReceiver):
     def __init__(
         self,
@@ -70,6 +129,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         run_name: str = "fedavg",
         events: Optional[List[str]] = None,
         max_spooled_records: int = DEFAULT_MAX_RECORDS,
+        system_metrics_interval: float = 0,
     ):
         super().__init__(events=events or [ANALYTIC_EVENT_TYPE])
         self.site = site
@@ -77,6 +137,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.max_spooled_records = max_spooled_records
+        self.system_metrics_interval = system_metrics_interval  # seconds between samples; 0: none
         self.writer = None
         self.spool_dir = None
         self._last_check = 0.0
@@ -114,6 +175,8 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         engine = fl_ctx.get_engine()
         engine.register_aux_message_handler(outcome.TOPIC, self._take_outcome)
         threading.Thread(target=self._say_alive, args=(engine,), name="site_alive", daemon=True).start()
+        if self.system_metrics_interval > 0:
+            threading.Thread(target=self._sample_system, name="system_metrics", daemon=True).start()
         self.log_info(fl_ctx, f"tracking {self.site} to {self.tracking_uri} through the spool in {self.spool_dir}")
 
     def _say_alive(self, engine):
@@ -125,6 +188,24 @@ class SiteMLflowReceiver(AnalyticsReceiver):
                                             timeout=0.0, fl_ctx=fl_ctx, optional=True)
             except Exception as e:  # noqa: BLE001 - the server may be away for a moment; say it again later
                 log.debug("could not tell the server this site is alive: %s", e)
+
+    def _sample_system(self):
+        """The site's hardware use over the job, into its own run only, through the same spool."""
+        handles, step, failing = gpus(), 0, False
+        with contextlib.suppress(Exception):
+            system_metrics(handles)  # starts the first CPU share's interval
+        while not self._ended.wait(self.system_metrics_interval):
+            try:
+                sample, ts = system_metrics(handles), int(time.time() * 1000)
+                if self._ended.is_set():
+                    break  # the spool is closing
+                for key, value in sample.items():
+                    self.writer.append("metric", key, float(value), step, ts)
+                step, failing = step + 1, False
+            except Exception as e:  # noqa: BLE001 - a failed sample must not end the job; try at the next one
+                if not failing:
+                    log.warning("system metrics: %s", e)
+                failing = True
 
     def _take_outcome(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
         self.server_says = request.get(outcome.STATUS_KEY)
@@ -142,28 +223,8 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         start_forwarder(self.spool_dir)
 
     def save(self, fl_ctx: FLContext, shareable: Shareable, record_origin: str):
-        data = AnalyticsData.from_dxo(from_shareable(shareable), receiver=LogWriterName.MLFLOW)
-        if not data:
-            return
-        ts = int(time.time() * 1000)  # the log call's time: kept through every retry
-        t = data.data_type
-        if t == AnalyticsDataType.METRIC:
-            self.writer.append("metric", data.tag, float(data.value), data.step or 0, ts)
-        elif t == AnalyticsDataType.METRICS:
-            for k, v in data.value.items():
-                self.writer.append("metric", k, float(v), data.step or 0, ts)
-        elif t == AnalyticsDataType.PARAMETER:
-            self.writer.append("param", data.tag, str(data.value), None, ts)
-        elif t == AnalyticsDataType.PARAMETERS:
-            for k, v in data.value.items():
-                self.writer.append("param", k, str(v), None, ts)
-        elif t == AnalyticsDataType.TAG:
-            self.writer.append("tag", data.tag, str(data.value), None, ts)
-        elif t == AnalyticsDataType.TAGS:
-            for k, v in data.value.items():
-                self.writer.append("tag", k, str(v), None, ts)
-        elif t == AnalyticsDataType.TEXT and data.kwargs.get("path"):
-            self.writer.append("text", data.kwargs["path"], data.value, None, ts)
+        # On the training thread: stamp and queue only; the spool's committer parses and writes it.
+        self.writer.put((shareable, int(time.time() * 1000)), records_of)  # the log call's time, kept through every retry
         if time.monotonic() - self._last_check > FORWARDER_CHECK:
             self._ensure_forwarder()
 

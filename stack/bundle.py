@@ -112,7 +112,7 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
             steps += ["2. `make up` checks that the server answers and every site is connected; `make submit`, then "
                       "`make wait`."]
     files = {
-        "docker-compose.yml": compose_text(project, part),
+        "docker-compose.yml": compose_text(project, part, os.environ.get("GPUS", "")),  # a site host's GPUs: the GPUS knob
         ".env": "# Knobs for this bundle's `make` targets and docker compose. No secrets belong here.\n"
                 + "\n".join(env) + "\n",
         "Makefile": makefile,

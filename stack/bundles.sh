@@ -28,7 +28,7 @@ images=()
 # Root in the container: the kits' keys are readable by the containers' user alone; copies keep their owner.
 docker run --rm --network none --read-only --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE \
   --cap-add FOWNER --entrypoint python3 \
-  -e HOST_OWNER="$(id -u):$(id -g)" -e NVFLARE_VERSION -e MLFLOW_VERSION -e BUNDLE_IMAGES_LIST="${images[*]}" \
+  -e HOST_OWNER="$(id -u):$(id -g)" -e NVFLARE_VERSION -e MLFLOW_VERSION -e BUNDLE_IMAGES_LIST="${images[*]}" ${GPUS:+-e GPUS} \
   -e DIST_SHOWN="$DIST" -v "$PWD/stack/topology.py:/stack/topology.py:ro" -v "$PWD/stack/bundle.py:/stack/bundle.py:ro" \
   -v "$PWD/provision/project.yml:/project.yml:ro" -v "$kits:/kits:ro" -v "$dist:/dist" \
   "$FLARE_IMAGE" /stack/bundle.py /project.yml /kits /dist ${wanted[@]+"${wanted[@]}"}

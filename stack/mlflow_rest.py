@@ -40,6 +40,9 @@ class MLflowREST:
             if not token:
                 return out
 
+    def experiment(self, experiment_id: str) -> dict:
+        return self._call("GET", "/api/2.0/mlflow/experiments/get", {"experiment_id": experiment_id})["experiment"]
+
     def experiment_by_name(self, name: str):
         try:
             return self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": name})["experiment"]

@@ -7,10 +7,12 @@ own host (`make bundles`: dist/<participant>/, written by stack/bundle.py).
                                                          (exit 2 with one line if bad)
     python3 stack/topology.py plan [PROJECT]             both: the check's line, then the compose file
     python3 stack/topology.py participants [PROJECT]     print the participants' names
+    python3 stack/topology.py gpus                       check GPUS and print it as `docker run --gpus` takes it
 
 A client participant may set `mlflow_port` (its MLflow UI on the host; default 5000 + its place among
 the sites) and `tracking_uri` (default http://mlflow-<site>:5000, its own MLflow service). The UI
 port can also be overridden at `make up` with MLFLOW_PORT_<SITE> (a site "north": MLFLOW_PORT_NORTH).
+GPUS (empty: none) gives each site's client this host's NVIDIA GPUs (`compose` and `plan` read it).
 """
 
 import os
@@ -19,6 +21,7 @@ import sys
 import urllib.parse
 
 SITE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+GPU_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # an index or a UUID, as `nvidia-smi -L` lists them
 
 
 class ProjectError(Exception):
@@ -99,6 +102,21 @@ def ui_ports(project: Project, environ: dict) -> dict:
             raise ProjectError(f"{var}={value}: {other[0]}'s MLflow already uses port {value}; give each site its own")
         ports[site] = int(value)
     return ports
+
+
+def gpu_request(value: str):
+    """The GPUS knob, in `docker run --gpus` terms: None (empty), "all", a count, or a list of device ids."""
+    if not value:
+        return None
+    if value == "all":
+        return "all"
+    if re.fullmatch(r"[1-9][0-9]*", value):
+        return int(value)
+    ids = value[len("device="):].split(",") if value.startswith("device=") else []
+    if not ids or not all(GPU_ID.fullmatch(i) for i in ids):
+        raise ProjectError(f"GPUS={value}: give all, a number of GPUs (1 or more) or device=ID[,ID...] "
+                           f"(e.g. device=0,1); leave it empty for none")
+    return ids
 
 
 # ------------------------------------------------------------------------------ compose text
@@ -214,7 +232,7 @@ SITE = """
       - {{type: bind, source: '{kit}', target: /kit, read_only: true, bind: {{create_host_path: false}}}}
       - {site}-workspace:/workspace
       - ${{DATA_DIR:-./data}}:/data:ro
-    networks: [fl, {site}]{extra_hosts}
+    networks: [fl, {site}]{extra_hosts}{gpus}
 
   mlflow-{site}:
     <<: *mlflow
@@ -229,6 +247,13 @@ SITE = """
     ports: ["127.0.0.1:${{{port_var}:-{port}}}:5000"]
     networks: [{site}, {site}-ui]
 """
+
+GPU = """
+    # GPUS (.env): this host's NVIDIA GPUs, for training (README "GPUs").
+    deploy:
+      resources:
+        reservations:
+          devices: [{{driver: nvidia, {pick}, capabilities: [gpu]}}]"""
 
 ADMIN = """
   # On demand (`docker compose run --rm admin ...`): submits and follows jobs with the admin kit,
@@ -271,14 +296,25 @@ BUNDLE = """\
 """
 
 
+def gpu_reservation(value: str) -> str:
+    """A client service's device reservation for GPUS ("" when GPUS is empty)."""
+    want = gpu_request(value)
+    if want is None:
+        return ""
+    pick = f"device_ids: [{', '.join(repr(i) for i in want)}]" if isinstance(want, list) else f"count: {want}"
+    return GPU.format(pick=pick)
+
+
 def kits_dir(project: Project) -> str:
     return f"${{KITS_ROOT:-./provision/workspace}}/{project.name}/prod_00"
 
 
-def compose_text(project: Project, part: str = None) -> str:
+def compose_text(project: Project, part: str = None, gpus: str = "") -> str:
     """The compose file of the whole deployment on one host (part None), or of one participant's
-    bundle (its kit in ./kit, its secrets in ./secrets, the server reached through the host)."""
+    bundle (its kit in ./kit, its secrets in ./secrets, the server reached through the host); gpus is
+    the GPUS knob, reserved for each site's client."""
     server = project.server["name"]
+    reservation = gpu_reservation(gpus)
     bundle = part is not None
     sites = [part] if part in project.sites else ([] if bundle else project.sites)
     dial = (f'\n    extra_hosts: ["{server}:${{FL_SERVER_ADDRESS:?set FL_SERVER_ADDRESS in .env to the FL server '
@@ -306,7 +342,7 @@ def compose_text(project: Project, part: str = None) -> str:
             site=site, uri=project.uris[site], port=project.ports[site], port_var=port_var(site),
             kit="./kit" if bundle else f"{kits_dir(project)}/{site}",
             server_dep="" if bundle else f"\n      {server}: {{condition: service_started}}",
-            extra_hosts=dial if bundle else ""))
+            extra_hosts=dial if bundle else "", gpus=reservation))
     if not bundle or part == project.admin["name"]:
         out.append(ADMIN.format(
             kit="./kit" if bundle else f"{kits_dir(project)}/{project.admin['name']}",
@@ -335,19 +371,26 @@ def compose_text(project: Project, part: str = None) -> str:
 
 
 def main(argv: list) -> int:
-    if not argv or argv[0] not in ("compose", "check", "plan", "participants"):
+    if not argv or argv[0] not in ("compose", "check", "plan", "participants", "gpus"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd, args = argv[0], argv[1:]
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    knob = os.environ.get("GPUS", "")
     try:
+        if cmd == "gpus":  # needs no project (nor PyYAML): `make up` checks it on the host, before any build
+            want = gpu_request(knob)
+            if isinstance(want, list):
+                want = f'"device={",".join(want)}"'  # docker's --gpus parses CSV: ids go in double quotes
+            print(want or "")
+            return 0
         project = Project(args[0] if args else os.path.join(here, "provision", "project.yml"))
         if cmd == "compose":
-            sys.stdout.write(compose_text(project))
+            sys.stdout.write(compose_text(project, gpus=knob))
         elif cmd in ("check", "plan"):
             print(" ".join(f"{site}={port}" for site, port in ui_ports(project, os.environ).items()))
         if cmd == "plan":  # `make up`: one container run instead of two
-            sys.stdout.write(compose_text(project))
+            sys.stdout.write(compose_text(project, gpus=knob))
         elif cmd == "participants":
             print("\n".join(project.participants()))
     except ProjectError as e:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make up`: the compose file from provision/project.yml, kits, services, then the job (unless a job
 # of the same name is still running) as soon as the server and every site's client answer; then it
-# waits for every site's MLflow. Returns while the job trains. `up.sh --knobs` only checks the knobs
-# (before the images are built); `--check` the project too once the FLARE image exists;
-# `--compose-file` only writes the compose file.
+# waits for every site's MLflow. Returns while the job trains. `up.sh --submit` submits another job
+# to the running stack (`make submit`). `up.sh --knobs` only checks the knobs (before the images are built); `--check` the project too once the FLARE image exists (and, with GPUS,
+# that containers get the GPUs); `--compose-file` only writes the compose file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:=}" "${DATASET:?}" "${NVFLARE_VERSION:?}"
@@ -17,7 +17,7 @@ topology() {
   local var overrides=()
   for var in $(compgen -e | grep '^MLFLOW_PORT_' || true); do overrides+=(-e "$var"); done
   docker run --rm --network none --read-only --cap-drop ALL --user "$(id -u):$(id -g)" --entrypoint python3 \
-    ${overrides[@]+"${overrides[@]}"} \
+    ${overrides[@]+"${overrides[@]}"} ${GPUS:+-e GPUS} \
     -v "$PWD/stack/topology.py:/topology.py:ro" -v "$PWD/provision/project.yml:/project.yml:ro" \
     "$FLARE_IMAGE" /topology.py "$@" /project.yml
 }
@@ -29,6 +29,14 @@ check_knobs() {
   case "$DATASET" in digits|cifar10) ;; *) die "DATASET=$DATASET: use digits (bundled) or cifar10";; esac
   [[ "$JOB_NAME" =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || die "JOB_NAME=$JOB_NAME: use lowercase letters, digits, '-' and '_'"
   [ -z "${TORCH_THREADS:-}" ] || [[ "$TORCH_THREADS" =~ ^[0-9]+$ ]] || die "TORCH_THREADS=$TORCH_THREADS: give a whole number (0: torch's default)"
+  [ -z "${LOCAL_EPOCHS:-}" ] || { [[ "$LOCAL_EPOCHS" =~ ^[0-9]+$ ]] && [ "$LOCAL_EPOCHS" -ge 1 ] && [ "$LOCAL_EPOCHS" -le 1000 ]; } \
+    || die "LOCAL_EPOCHS=$LOCAL_EPOCHS: give a whole number of epochs per round from 1 to 1000"
+  [ -z "${BATCH_SIZE:-}" ] || { [[ "$BATCH_SIZE" =~ ^[0-9]+$ ]] && [ "$BATCH_SIZE" -ge 1 ] && [ "$BATCH_SIZE" -le 65536 ]; } \
+    || die "BATCH_SIZE=$BATCH_SIZE: give a whole number from 1 to 65536"
+  [ -z "${LR:-}" ] || { [[ "$LR" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE]-?[0-9]+)?$ ]] && awk -v x="$LR" 'BEGIN { exit !(x > 0 && x <= 10) }'; } \
+    || die "LR=$LR: give a learning rate above 0 and at most 10 (e.g. 0.02)"
+  # topology.py reads GPUS for the compose file: its own check, on the host (it needs no PyYAML for this).
+  if [ -n "${GPUS:-}" ]; then GPU_FLAG=$(python3 stack/topology.py gpus) || exit 2; fi
   if [ "$DATASET" = cifar10 ] && [ ! -f "${DATA_DIR:-./data}/cifar-10-batches-py/batches.meta" ]; then
     die "CIFAR-10 not found in ${DATA_DIR:-./data}: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there, or set DATASET=digits"
   fi
@@ -42,14 +50,43 @@ check_project() {
   for spec in $spec; do SITES+=("${spec%%=*}") PORTS+=("${spec#*=}"); done
 }
 
+# GPUS: one throwaway container with the same device request, so that a host that cannot give
+# containers its GPUs, or an image whose torch has no CUDA, stops here rather than training on CPU.
+check_gpus() {
+  local out rc=0
+  [ -n "${GPUS:-}" ] || return 0
+  out=$(docker run --rm --network none --read-only --tmpfs /tmp --cap-drop ALL --gpus "$GPU_FLAG" \
+    --entrypoint python3 "$FLARE_IMAGE" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' 2>&1) \
+    || rc=$?
+  [ "$rc" != 3 ] || die "GPUS=$GPUS: containers get the GPUs but the FLARE image's torch finds no CUDA device (a CPU-only torch, e.g. from TORCH_INDEX_URL, or a driver older than torch's CUDA): rebuild the image with PyPI's torch, or leave GPUS empty"
+  [ "$rc" = 0 ] || die "GPUS=$GPUS: Docker cannot give containers these GPUs ($(grep -m1 '^docker: ' <<<"$out" || tail -n1 <<<"$out")): the host needs the NVIDIA driver and the NVIDIA Container Toolkit (README \"GPUs\"), or leave GPUS empty"
+}
+
+# The job as the knobs give it; empty knobs take the job's defaults (job/recipe.py DEFAULTS).
+job_args() {
+  echo --env prod --startup-kit /kit --no-wait --name "$JOB_NAME" ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" \
+    --data-dir /data ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} ${LR:+--lr "$LR"} \
+    ${LOCAL_EPOCHS:+--local-epochs "$LOCAL_EPOCHS"} ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"}
+}
+
 check_knobs
 [ "${1:-}" != --knobs ] || exit 0
-if [ "${1:-}" = --check ]; then
-  if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_project; fi
+if [ "${1:-}" = --submit ]; then
+  [ -n "$(compose ps -q --status running server 2>/dev/null)" ] || die "the stack is not running: \`make up\` first"
+  # shellcheck disable=SC2046 # job_args's words are the knobs checked above: no spaces, no globs
+  out=$(admin python3 job/job.py $(job_args) 2>&1) || { echo "$out" >&2; exit 1; }
+  echo "Submitted job $(sed -n 's/^submitted job //p' <<<"$out" | tail -n1) ($(sed -n 's/^job plan: //p' <<<"$out")): a new run at each site."
+  echo "Wait for it with \`make wait\`."
   exit 0
 fi
+if [ "${1:-}" = --check ]; then
+  if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_project; check_gpus; fi
+  exit 0
+fi
+# Bundles (--compose-file) are for other hosts: only the host that starts the services is checked.
+[ "${1:-}" = --compose-file ] || check_gpus
 
-# One container run checks the project and writes the compose file; written again only when the sites changed.
+# One container run checks the project and writes the compose file; written again only when the sites (or GPUS) changed.
 topology plan > .docker-compose.yml.new || { rm -f .docker-compose.yml.new; exit 2; }
 SITES=() PORTS=()
 for spec in $(head -n1 .docker-compose.yml.new); do SITES+=("${spec%%=*}") PORTS+=("${spec#*=}"); done
@@ -58,7 +95,7 @@ if cmp -s .docker-compose.yml.new docker-compose.yml; then
   rm .docker-compose.yml.new
 else
   mv .docker-compose.yml.new docker-compose.yml
-  echo "docker-compose.yml: written again from provision/project.yml (sites: ${SITES[*]})"
+  echo "docker-compose.yml: written again from provision/project.yml (sites: ${SITES[*]}${GPUS:+; GPUS=$GPUS})"
 fi
 [ "${1:-}" != --compose-file ] || exit 0
 
@@ -78,9 +115,8 @@ echo "Starting services; the job goes in as soon as the server and every site's 
 compose up -d --remove-orphans
 # One admin session: it waits for the sites while the job is built, then submits it unless a job of
 # this name still runs. The job takes its sites and tracking URIs from the project (mounted there).
-out=$(admin python3 job/job.py --env prod --startup-kit /kit --no-wait --once --ready-timeout "${UP_TIMEOUT:-600}" \
-  --name "$JOB_NAME" ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" --data-dir /data \
-  ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} 2>&1) || { echo "$out" >&2; exit 1; }
+# shellcheck disable=SC2046 # as in --submit
+out=$(admin python3 job/job.py $(job_args) --once --ready-timeout "${UP_TIMEOUT:-600}" 2>&1) || { echo "$out" >&2; exit 1; }
 if job_id=$(sed -n 's/^running job //p' <<<"$out") && [ -n "$job_id" ]; then
   echo "Job $job_id ($JOB_NAME) is still running: not submitting another."
 else

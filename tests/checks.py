@@ -8,6 +8,9 @@ from mlflow_rest import MLflowREST, params, tags
 from support import SITES  # provision/project.yml's clients, read once in support.py
 
 METRICS = ("train_loss", "accuracy", "local_accuracy")
+# Sampled by each site's receiver (MLflow's names, so its System metrics tab shows them); GPUs only where present.
+SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                  "system/system_memory_usage_percentage")
 
 
 # Run in a container: `python3 -c PROBE NAME [IP ...]` prints whether NAME resolves there ("resolved" or
@@ -52,8 +55,10 @@ def site_run(server: MLflowREST, experiment: str, site: str, job_id: str = None,
     return runs[0]
 
 
-def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, dataset: str = "digits") -> dict:
-    """Assert a site's run is complete; return its metric histories."""
+def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, dataset: str = "digits",
+                   system: bool = False) -> dict:
+    """Assert a site's run is complete; return its metric histories (with system: its system metrics
+    too, which must then span the run)."""
     run_tags = tags(run)
     assert run["info"]["status"] == "FINISHED", run["info"]
     assert run_tags.get("site") == site
@@ -70,6 +75,18 @@ def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, datase
     assert len(steps) % rounds == 0, f"{site}: {len(steps)} train_loss steps is not a whole number of rounds"
     for key in ("accuracy", "local_accuracy"):
         assert sorted(m["step"] for m in hist[key]) == list(range(rounds)), f"{site}: {key} steps {hist[key]}"
+
+    if system:
+        start, end = run["info"]["start_time"], run["info"]["end_time"]
+        for key in SYSTEM_METRICS:
+            hist[key] = server.history(run["info"]["run_id"], key)
+            assert sorted(m["step"] for m in hist[key]) == list(range(len(hist[key]))) and hist[key], \
+                f"{site}: {key}: {hist[key]}"
+            assert all(start <= m["timestamp"] <= end for m in hist[key]), f"{site}: {key} outside the run's span"
+
+    exp = server.experiment(run["info"]["experiment_id"])
+    kind = {t["key"]: t["value"] for t in exp.get("tags", [])}.get("mlflow.experimentKind")
+    assert kind == "custom_model_development", f"{site}: the UI would open {exp['name']} in GenAI mode (kind {kind!r})"
 
     summary = server.artifact(run, "summary.txt").decode()
     assert f"site: {site}" in summary and f"rounds: {rounds}" in summary, summary

@@ -105,18 +105,26 @@ def test_a_kit_of_another_user(kits):
         (["ROUNDS=five"], ["ROUNDS=five", "whole number"]),
         (["DATASET=mnist"], ["DATASET=mnist", "digits", "cifar10"]),
         (["JOB_NAME=My Job"], ["JOB_NAME=My Job"]),
+        (["LR=0"], ["LR=0", "above 0"]),
+        (["LR=fast"], ["LR=fast", "learning rate"]),
+        (["LOCAL_EPOCHS=0"], ["LOCAL_EPOCHS=0", "from 1 to 1000"]),
+        (["BATCH_SIZE=-4"], ["BATCH_SIZE=-4", "whole number"]),
+        (["GPUS=abc"], ["GPUS=abc: give all, a number of GPUs"]),
+        (["GPUS=0"], ["GPUS=0: give all, a number of GPUs"]),
+        (["GPUS=-1"], ["GPUS=-1: give all, a number of GPUs"]),
     ],
 )
-def test_make_up_refuses_bad_knobs_before_anything_starts(knobs, expected, tmp_path):
-    """`make up` checks its knobs first: no image build, no container, no docker call at all (a
-    `docker` first on PATH records any call). The sites' ports: test_topology.py."""
+@pytest.mark.parametrize("target", ["up", "submit"])
+def test_make_up_and_submit_refuse_bad_knobs_before_anything_starts(target, knobs, expected, tmp_path):
+    """`make up` and `make submit` check their knobs first: no image build, no container, no docker
+    call at all (a `docker` first on PATH records any call). The sites' ports: test_topology.py."""
     calls = tmp_path / "docker-calls"
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "docker").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 1\n")
     (fake / "docker").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
-    result = subprocess.run(["make", "--no-print-directory", "-s", "up", *knobs], cwd=ROOT, env=env,
+    result = subprocess.run(["make", "--no-print-directory", "-s", target, *knobs], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("make")]

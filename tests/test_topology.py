@@ -1,7 +1,11 @@
 """The topology from provision/project.yml: the committed compose file is the generator's, N sites
-get N of everything, bundles hold one participant's services, and bad projects are one-line errors."""
+get N of everything, bundles hold one participant's services, GPUS reaches each site's client and
+nothing else, and bad projects and knobs are one-line errors."""
 
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +14,7 @@ import yaml
 
 from support import ROOT
 from bundle import bundle_files
-from topology import Project, ProjectError, compose_text, port_var, ui_ports
+from topology import Project, ProjectError, compose_text, gpu_request, port_var, ui_ports
 
 PROJECT = os.path.join(ROOT, "provision", "project.yml")
 
@@ -32,7 +36,7 @@ def test_committed_compose_file_is_the_generators():
     with open(os.path.join(ROOT, "docker-compose.yml")) as f:
         committed = f.read()
     assert committed == compose_text(Project(PROJECT)), \
-        "docker-compose.yml differs from provision/project.yml's: run `make compose-file` and commit it"
+        "docker-compose.yml differs from provision/project.yml's: run `make compose-file GPUS=` and commit it"
 
 
 def test_no_other_file_names_a_site():
@@ -94,6 +98,70 @@ def test_bundles_hold_one_participants_services(tmp_path):
     assert "submit:" in admin_files["Makefile"] and "wait:" in admin_files["Makefile"]
     for files in (bundle_files(project, p, []) for p in project.participants()):
         assert {"docker-compose.yml", ".env", "Makefile", "README.md"} <= set(files)
+
+
+def devices(service: dict) -> list:
+    """A service's device reservations, "all" as Compose writes it (-1) or as we do."""
+    found = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return [{**d, "count": "all"} if d.get("count") == -1 else d for d in found]
+
+
+def gpu(**selector) -> list:
+    return [{"driver": "nvidia", "capabilities": ["gpu"], **selector}]
+
+
+@pytest.mark.parametrize("knob, selector", [
+    ("all", {"count": "all"}), ("2", {"count": 2}), ("device=0,GPU-8a1f", {"device_ids": ["0", "GPU-8a1f"]}),
+])
+def test_gpus_are_reserved_for_each_sites_client_only(tmp_path, knob, selector):
+    project = project_with(tmp_path, [{"name": "north"}, {"name": "south"}, {"name": "east"}])
+    services = yaml.safe_load(compose_text(project, gpus=knob))["services"]
+    assert {name for name, s in services.items() if devices(s)} == {"north", "south", "east"}
+    assert all(devices(services[site]) == gpu(**selector) for site in project.sites)
+    # A site's bundle reserves them for its client too; the server's and the admin's bundles never.
+    bundle = yaml.safe_load(compose_text(project, "south", gpus=knob))["services"]
+    assert devices(bundle["south"]) == gpu(**selector) and devices(bundle["mlflow-south"]) == []
+    for part in (project.server["name"], project.admin["name"]):
+        assert "nvidia" not in compose_text(project, part, gpus=knob)
+    # Without GPUS, no service asks for a device: a host without GPUs starts as before.
+    assert "nvidia" not in compose_text(project) and "deploy:" not in compose_text(project)
+
+
+def test_docker_compose_config_shows_the_gpu_reservations(tmp_path):
+    """Compose itself reads the reservation on each client and on nothing else (`docker compose
+    config`: the docker CLI with Compose v2, no engine)."""
+    if shutil.which("docker") is None:
+        pytest.fail("this test needs the docker CLI with Compose v2 (`docker compose config`): install Docker")
+    project = Project(PROJECT)
+    for knob, count in (("all", "all"), ("2", 2)):
+        path = tmp_path / f"gpus-{knob}.yml"
+        path.write_text(compose_text(project, gpus=knob))
+        result = subprocess.run(["docker", "compose", "-f", str(path), "--project-directory", str(tmp_path),
+                                 "-p", "gpu-config", "--profile", "admin", "--profile", "tools", "config", "--format", "json"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        services = json.loads(result.stdout)["services"]
+        assert {"server", "admin", "provision", *project.sites, *(f"mlflow-{s}" for s in project.sites)} == set(services)
+        for name, service in services.items():
+            assert devices(service) == (gpu(count=count) if name in project.sites else []), (knob, name)
+
+
+@pytest.mark.parametrize("knob", ["abc", "0", "-1", "1.5", "ALL", "0,1", "device=", "device=0,,1"])
+def test_bad_gpus_are_one_line_errors(knob):
+    with pytest.raises(ProjectError, match=rf"^GPUS={re.escape(knob)}: give all, a number of GPUs \(1 or more\) or "
+                                           r"device=ID\[,ID\.\.\.\] \(e\.g\. device=0,1\); leave it empty for none$"):
+        gpu_request(knob)
+
+
+def test_gpus_as_docker_run_takes_them():
+    """`make up` tries GPUS with `docker run --gpus` (stack/up.sh) before anything starts."""
+    topology = os.path.join(ROOT, "stack", "topology.py")
+    for knob, flag in (("", ""), ("all", "all"), ("3", "3"), ("device=0,2", '"device=0,2"')):
+        result = subprocess.run([sys.executable, topology, "gpus"], env=dict(os.environ, GPUS=knob),
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout == flag + "\n", (knob, result)
+    result = subprocess.run([sys.executable, topology, "gpus"], env=dict(os.environ, GPUS="x"), capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: GPUS=x: ")
 
 
 @pytest.mark.parametrize("clients, server, error", [

@@ -166,3 +166,26 @@ def test_down_then_up_keeps_every_earlier_run(stack, histories):
         assert before[site] <= after, f"{site} lost runs across down/up"
         old = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
         assert len(server.history(old["info"]["run_id"], "train_loss")) == len(histories[site]["train_loss"])
+
+
+def test_make_submit_runs_another_job_with_its_knobs_and_refuses_a_bad_one(stack):
+    """On the running stack (after the job of the test above ends): ROUNDS=0 is one line and submits
+    nothing; ROUNDS=2 LR=0.05 becomes a new run at each site with those params."""
+    stack.make("wait", timeout=1800, check=False)
+    count_jobs = "print(len(sess.list_jobs()))"
+    before = int(stack.admin_python(count_jobs))
+    bad = stack.make("submit", check=False, extra=["ROUNDS=0"])
+    lines = [l for l in bad.stderr.splitlines() if l.strip() and not l.startswith("make")]
+    assert bad.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ROUNDS=0"), bad.stderr
+    assert int(stack.admin_python(count_jobs)) == before, "a bad knob submitted a job"
+
+    out = stack.make("submit", extra=["ROUNDS=2", "LR=0.05"]).stdout
+    job_id = re.search(r"Submitted job (\S+) \(", out).group(1)
+    assert job_id not in stack.job_ids and "2 rounds" in out and "lr 0.05" in out, out
+    assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=1800).stdout
+    for site in SITES:
+        server = stack.mlflow(site)
+        run = site_run(server, f"{stack.job_name}-{site}", site, job_id)
+        check_site_run(server, run, site, 2)
+        assert {p["key"]: p["value"] for p in run["data"]["params"]}["learning_rate"] == "0.05"
+        assert len(server.runs()) >= 3, f"{site}: every earlier run stays next to the new one"
