@@ -5,7 +5,7 @@ SHELL := /usr/bin/env bash -o pipefail
 
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
-export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR
+export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS LR LOCAL_EPOCHS BATCH_SIZE DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR GPUS
 # The sites, their ports and tracking URIs come from provision/project.yml (stack/topology.py).
 export HOST_GID := $(shell id -g)
 # Image tags follow the pins in requirements.txt.
@@ -37,6 +37,10 @@ help: ## Show this help
 up: knobs images ## Build, provision, start every site's services, submit the job; prints job id and MLflow URLs
 	stack/up.sh
 
+.PHONY: submit
+submit: ## Submit another job to the running stack (ROUNDS, LR, LOCAL_EPOCHS, BATCH_SIZE, DATASET): a new run per site
+	@stack/up.sh --submit
+
 .PHONY: check
 check: ## Check the knobs (ROUNDS, DATASET, ...; the project's sites and ports once the image exists)
 	@stack/up.sh --check
@@ -45,9 +49,15 @@ check: ## Check the knobs (ROUNDS, DATASET, ...; the project's sites and ports o
 knobs: # The knobs only, before a long build (`make up` checks the project with its compose file)
 	@stack/up.sh --knobs
 
+# The admin container has no terminal (run -T), so whether to draw a progress bar is decided here.
+# Each site's UI URL is read back from compose, as published (the admin container cannot know it).
 .PHONY: wait
-wait: ## Block until the newest job ends; print its status (non-zero unless it completed, with the reason)
-	$(ADMIN) python3 stack/flare_admin.py wait
+wait: ## Block until the newest job ends, showing its round and elapsed time (non-zero unless it completed, with the reason); then each site's MLflow URL
+	@progress=lines; [ ! -t 1 ] || progress=bar; \
+	$(ADMIN) python3 stack/flare_admin.py wait --progress $$progress
+	@for site in $$($(COMPOSE) config --services | sed -n 's/^mlflow-//p'); do \
+	  addr=$$($(COMPOSE) port mlflow-$$site 5000 2>/dev/null) && url="http://$$addr/#/experiments?workflowType=machine_learning" || url="not running (make up)"; \
+	  printf '  %-16s %s\n' "$$site MLflow:" "$$url"; done
 
 .PHONY: status
 status: ## Services, job state (why one did not complete), per-site metric counts, each site's spool

@@ -2,21 +2,28 @@
 
 Every metric goes through nvflare's MLflowWriter as a *local* event; the site's own receiver
 delivers it to the site's own MLflow server. Nothing here talks to MLflow or to the FL server
-directly, except the model update that `flare.send` returns.
+directly, except the model update that `flare.send` returns. After the last round the server sends
+the final global model once more (a "validate" task): it is evaluated, saved in MLflow's format in
+the site's spool folder, and the site's forwarder uploads it into the site's run.
 """
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
 import nvflare.client as flare
+from nvflare.apis.analytix import AnalyticsDataType, LogWriterName
 from nvflare.client.tracking import MLflowWriter
 
 from data import DATASETS, load_site_data
 from model import SimpleNetwork
+from tracking import SPOOL_DIR
 
 log = logging.getLogger("fedtrack.client")
 
@@ -33,6 +40,7 @@ def parse_args():
     p.add_argument("--local-epochs", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--register-model", default="", help="also register the final model under this name in the site's registry")
     return p.parse_args()
 
 
@@ -45,6 +53,25 @@ def evaluate(model, loader, device) -> float:
             correct += (pred == y.to(device)).sum().item()
             total += y.size(0)
     return correct / max(total, 1)
+
+
+def save_for_mlflow(model) -> str:
+    """The model in MLflow's PyTorch format, in a new folder of the site's spool folder (the job
+    process runs in the site's workspace): the forwarder uploads only from there. pt2 (a traced
+    graph) loads without this code and without unpickling, which MLflow refuses by default."""
+    import mlflow.pytorch  # only here: training never needs MLflow
+
+    folder = tempfile.mkdtemp(prefix="model-", dir=os.path.join(os.getcwd(), SPOOL_DIR))
+    try:
+        mlflow.pytorch.save_model(
+            model.cpu().eval(), folder, serialization_format="pt2",
+            input_example=torch.zeros(2, 3, 32, 32).numpy(),  # only its shape is kept: batch size free, no site data
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays in the spool folder
+        raise
+    return folder
 
 
 def main():
@@ -67,9 +94,35 @@ def main():
     writer = MLflowWriter()
     log.info("%s: %d training / %d test samples of %s on %s", site, len(train_set), len(test_set), args.dataset, device)
 
+    total_rounds = local_accuracy = None
     while flare.is_running():
         # (3) receive the global model
         input_model = flare.receive()
+        model.load_state_dict(input_model.params)
+
+        if flare.is_evaluate():
+            # (7) after the last round: the final global model, evaluated and kept in this site's run
+            accuracy = evaluate(model, test_loader, device)
+            writer.log_metric("accuracy", accuracy, step=total_rounds)
+            writer.log_text(
+                f"site: {site}\ndataset: {args.dataset}\nrounds: {total_rounds}\n"
+                f"final global-model accuracy: {accuracy:.4f}\nfinal local accuracy: {local_accuracy:.4f}\n",
+                "summary.txt",
+            )
+            try:
+                folder = save_for_mlflow(model)
+            except Exception as e:  # noqa: BLE001 - e.g. a full spool volume: it costs the model, never the job
+                log.error("%s: the final model could not be saved for its run: %s", site, e)
+            else:
+                # The artifact path, and the folder the forwarder uploads to it (tracking.records_of).
+                flare.log("model", folder, AnalyticsDataType.MODEL, writer=LogWriterName.MLFLOW,
+                          registered_model_name=args.register_model)
+                log.info("%s: final global model evaluated and saved", site)
+            # An empty reply: nothing metric-like reaches the server.
+            flare.send(flare.FLModel(metrics={}))
+            model.to(device)
+            continue
+
         rnd, total_rounds = input_model.current_round, input_model.total_rounds
         if rnd == 0:
             writer.log_params(
@@ -83,7 +136,6 @@ def main():
                     "test_samples": len(test_set),
                 }
             )
-        model.load_state_dict(input_model.params)
 
         # (4) evaluate the global model on this site's test split
         accuracy = evaluate(model, test_loader, device)
@@ -106,13 +158,6 @@ def main():
         writer.log_metric("local_accuracy", local_accuracy, step=rnd)
         # Progress only: a site's log can be handed out by FLARE, so metric values go to its MLflow alone.
         log.info("%s: round %d/%d trained", site, rnd + 1, total_rounds)
-
-        if rnd == total_rounds - 1:
-            writer.log_text(
-                f"site: {site}\ndataset: {args.dataset}\nrounds: {total_rounds}\n"
-                f"final global-model accuracy: {accuracy:.4f}\nfinal local accuracy: {local_accuracy:.4f}\n",
-                "summary.txt",
-            )
 
         # (6) send the local model back: weights and step count only; metrics stay at the site
         flare.send(flare.FLModel(params=model.cpu().state_dict(), meta={"NUM_STEPS_CURRENT_ROUND": steps_per_round}))

@@ -18,7 +18,7 @@ import re
 import sys
 
 from inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, project_sites
-from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe
+from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe, valid_model_name
 from runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,6 +38,8 @@ def parse_args(argv=None):
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
     p.add_argument("--system-metrics-interval", type=float, default=DEFAULTS["system_metrics_interval"],
                    help="seconds between samples of each site's CPU, memory and GPUs, into its own run (0: none)")
+    p.add_argument("--register-model", default="", metavar="NAME",
+                   help="also register each site's final model in its own MLflow model registry under NAME")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
@@ -68,6 +70,8 @@ def main(argv=None) -> int:
             raise UsageError("--spool-limit must be at least 1")
         if not args.system_metrics_interval >= 0:
             raise UsageError("--system-metrics-interval must be 0 (none) or a number of seconds")
+        if args.register_model and not valid_model_name(args.register_model):
+            raise UsageError(f"--register-model {args.register_model!r}: use letters, digits, '.', '-' and '_'")
         if not args.lr > 0:
             raise UsageError("--lr must be positive")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
@@ -117,6 +121,7 @@ def main(argv=None) -> int:
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
         args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code, args.system_metrics_interval,
+        args.register_model,
     )
     try:
         if args.env == "sim":

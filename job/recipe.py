@@ -1,6 +1,7 @@
 """The FedAvg recipe with one site-local MLflow receiver per site and no metric forwarding to the server."""
 
 import os
+import re
 
 JOB_NAME = "fedavg-site-tracking"
 # The training defaults, stated once: the CLI's and build_recipe's (the training script takes every
@@ -12,7 +13,12 @@ FED_FORWARDER_ID = "event_to_fed"
 SITE_CODE = "/opt/fedtrack/job"
 # The modules of that code a job's configuration names; they are never shipped with the job.
 # (job.py and its helpers inputs, recipe, audit, runners are never named, so never shipped either.)
-SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "spool", "tracking"]
+SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "progress", "spool", "tracking"]
+
+
+def valid_model_name(name: str) -> bool:
+    """A name for the sites' model registries that needs no quoting anywhere (train_args, URIs)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name))
 
 
 def build_recipe(
@@ -28,18 +34,24 @@ def build_recipe(
     torch_threads: int = 0,
     site_code: str = None,
     system_metrics_interval: float = DEFAULTS["system_metrics_interval"],
+    register_model: str = "",
 ):
     """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server.
 
     With site_code, the job runs the sites' installed code from that folder and ships none; without
-    it (the simulator on this host), the training script travels with the job."""
+    it (the simulator on this host), the training script travels with the job. After the last round
+    each site evaluates the final global model and keeps it in its run; with register_model, also
+    in its own model registry under that name."""
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
-    from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
+    from nvflare.recipe.utils import add_experiment_tracking, add_final_global_evaluation, set_per_site_config
 
     from model import SimpleNetwork
     from outcome import RunOutcome
     from privacy import MetricLeakGuard
+    from progress import RoundProgress
 
+    if register_model and not valid_model_name(register_model):
+        raise ValueError(f"registered model name {register_model!r}: use letters, digits, '.', '-' and '_'")
     site_names = list(sites)
     recipe = FedAvgRecipe(
         name=name,
@@ -58,6 +70,7 @@ def build_recipe(
                 "train_args": f"--dataset {dataset} --data-dir {data_dir} --local-epochs {local_epochs} "
                 f"--lr {lr} --batch-size {batch_size} --site-index {i} --num-sites {len(sites)}"
                 + (f" --torch-threads {torch_threads}" if torch_threads else "")
+                + (f" --register-model {register_model}" if register_model else "")
             }
             for i, site in enumerate(site_names)
         },
@@ -75,6 +88,11 @@ def build_recipe(
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
     recipe._job.to_server(RunOutcome(), id="run_outcome")  # each site's run ends with the job's real outcome
+    recipe._job.to_server(RoundProgress(), id="round_progress")  # the round for `make wait`
+    # FedAvg ends on an aggregate no site has seen: nvflare's CrossSiteModelEval, without local-model
+    # submission, sends the persisted final global model to every site once more as a "validate"
+    # task (client.py answers it with no metric).
+    add_final_global_evaluation(recipe)
     if site_code:
         _ship_no_code(recipe)
     return recipe

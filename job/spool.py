@@ -18,6 +18,11 @@ drops a point identical to one it holds (key, value, timestamp, step), so a batc
 a lost answer adds nothing. Params are re-sent with the same value; tags and text artifacts
 overwrite. The run is found again by its `job_id` and `site` tags before one is created.
 
+A `model` record names a folder (the final model, saved by the training script in MLflow's
+format): its files become the run's artifacts under the record's key (re-sent, they overwrite),
+then the folder is removed. Only a folder inside the spool's own folder is uploaded: any other
+(a job must not make the forwarder upload, e.g., the site's keys) is refused and counted.
+
 Bounded: a spool holds at most `max_records` undelivered records; past that, new records are
 refused and counted (a warning in the site's log, and in `status`); what is spooled is kept.
 A write the storage refuses (disk full) is counted too (SpoolWriter); the forwarder's own writes
@@ -38,6 +43,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -64,7 +70,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,      -- metric | param | tag | text | end
+    kind TEXT NOT NULL,      -- metric | param | tag | text | model | end
     key TEXT NOT NULL,
     value TEXT,
     step INTEGER,
@@ -411,9 +417,9 @@ class Delivery:
             return False
         client = self._client(meta["tracking_uri"])
         run_id = self._run_id(meta)
-        metrics, params, tags, last = [], [], [], None
+        metrics, params, tags, last, uploaded = [], [], [], None, None
         for seq, kind, key, value, step, ts in rows:
-            if kind in ("text", "end") and (metrics or params or tags):
+            if kind in ("text", "model", "end") and (metrics or params or tags):
                 break  # send the batch before it, then this one
             if kind == "metric":
                 metrics.append({"key": key, "value": _json_number(float(value)), "timestamp": ts, "step": step or 0})
@@ -425,10 +431,16 @@ class Delivery:
                 client.log_text(run_id, value, key)
                 last = seq
                 break
+            elif kind == "model":
+                uploaded = self._log_model(client, run_id, key, value)
+                last = seq
+                break
             elif kind == "end":
                 failed, refused = int(meta.get("failed", 0)), int(meta.get("refused", 0))
-                if failed or refused:  # the run says itself that it is not complete
-                    client.set_tag(run_id, "records_lost", f"{failed} failed spool write(s), {refused} refused (spool full)")
+                rejected = int(meta.get("rejected_models", 0))
+                if failed or refused or rejected:  # the run says itself that it is not complete
+                    client.set_tag(run_id, "records_lost", f"{failed} failed spool write(s), {refused} refused (spool full)"
+                                   + (f", {rejected} model folder(s) refused" if rejected else ""))
                 client.set_terminated(run_id, status=value, end_time=ts)
                 last = seq
                 break
@@ -438,7 +450,49 @@ class Delivery:
         if metrics or params or tags:
             self._log_batch(meta["tracking_uri"], {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags})
         self._ack(last)
+        if uploaded:  # only once acknowledged: until then a retry uploads it again
+            shutil.rmtree(uploaded, ignore_errors=True)
         return False
+
+    def _log_model(self, client, run_id: str, key: str, value: str):
+        """Upload a model folder as the run's artifacts under key (and register it, when asked);
+        the folder to remove, or None when it was refused (counted, and acknowledged)."""
+        spool_dir = os.path.realpath(os.path.dirname(os.path.abspath(self.path)))
+        try:
+            spec = json.loads(value)
+            folder = os.path.realpath(spec["dir"])
+        except (TypeError, ValueError, KeyError):  # unreadable: it must not hold up the records after it
+            spec, folder = {"dir": value}, None
+        if folder is None:
+            why = "the record names no folder"
+        elif os.path.commonpath([folder, spool_dir]) != spool_dir or folder == spool_dir:
+            why = "it is outside the spool folder"
+        elif not os.path.isdir(folder):
+            why = "it does not exist"
+        elif any(os.path.islink(os.path.join(d, n)) for d, dirs, files in os.walk(folder) for n in dirs + files):
+            why = "it holds a link"  # which could point anywhere
+        else:
+            client.log_artifacts(run_id, folder, artifact_path=key)
+            if spec.get("register"):
+                self._register(client, run_id, key, spec["register"])
+            return folder
+        rejected = int(_meta(self.db).get("rejected_models", 0)) + 1
+        _set_meta(self.db, rejected_models=rejected)
+        log.error("%s: model folder %s not uploaded: %s; counted as lost (%d so far)", self.path, spec["dir"], why, rejected)
+        return None
+
+    def _register(self, client, run_id: str, key: str, name: str):
+        """A version of registered model `name` from this run's artifacts, once per run. A failure
+        leaves the model in the run (to register by hand) and delivery going."""
+        source = f"runs:/{run_id}/{key}"
+        try:
+            if not client.search_registered_models(filter_string=f"name = '{name}'"):
+                client.create_registered_model(name)
+            if not client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+                client.create_model_version(name, source=source, run_id=run_id)
+        except Exception as e:  # noqa: BLE001 - e.g. the forwarder's account may not write the registry
+            log.error("%s: could not register %s as model %r (%s); register it by hand", self.path, source, name,
+                      describe_failure(e))
 
     def _log_batch(self, uri: str, body: dict):
         """MLflow's log-batch request, built here from the spool's rows: the client's entity and
@@ -638,7 +692,7 @@ def start_forwarder(spool_dir: str, log_path: str = None) -> None:
 def counts(spool_dir: str) -> dict:
     """Undelivered, refused and failed records of every job spooled in spool_dir, and whether
     spool writes are failing now (from the failure log, which a full volume cannot stop)."""
-    out = {"pending": 0, "refused": 0, "failed": 0, "jobs": 0, "failing": None, "unreadable": 0}
+    out = {"pending": 0, "refused": 0, "failed": 0, "jobs": 0, "failing": None, "unreadable": 0, "rejected_models": 0}
     failed = {}
     for path in glob.glob(os.path.join(spool_dir, "*" + SUFFIX)):
         if os.path.getsize(path) == 0:
@@ -650,6 +704,7 @@ def counts(spool_dir: str) -> dict:
             continue
         try:
             p, r, f = d.counts()
+            out["rejected_models"] += int(_meta(d.db).get("rejected_models", 0))
         finally:
             d.close()
         out["pending"] += p
@@ -673,6 +728,8 @@ def status(spool_dir: str) -> str:
         line += f"; spool writes are FAILING now ({c['failing']}): free space on the site's volume"
     if c["unreadable"]:
         line += f"; {c['unreadable']} job spool(s) cannot be read now"
+    if c["rejected_models"]:
+        line += f"; {c['rejected_models']} model folder(s) refused (see the forwarder's log)"
     return line
 
 

@@ -77,6 +77,9 @@ def records_of(item) -> list:
     t, step = data.data_type, data.step or 0
     if t == AnalyticsDataType.TEXT:
         return [("text", data.kwargs["path"], data.value, None, ts)] if data.kwargs.get("path") else []
+    if t == AnalyticsDataType.MODEL:  # key: the artifact path; value: the folder the forwarder uploads (spool.py)
+        return [("model", data.tag, {"dir": str(data.value), "register": data.kwargs.get("registered_model_name") or ""},
+                 None, ts)]
     kind = RECORD_KINDS.get(t)
     if kind is None:
         return []

@@ -29,6 +29,8 @@ CLIENT_CLASSES = [
 ]
 SERVER_CLASSES = [
     "nvflare.app_common.workflows.fedavg.FedAvg",
+    # after the last round, the final global model to every site once more (recipe.py)
+    "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
     "nvflare.app_common.widgets.validation_json_generator.ValidationJsonGenerator",
     "nvflare.app_common.widgets.metrics_artifact_writer.MetricsArtifactWriter",
     "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor",
@@ -36,6 +38,7 @@ SERVER_CLASSES = [
     "model.SimpleNetwork",
     "privacy.MetricLeakGuard",
     "outcome.RunOutcome",
+    "progress.RoundProgress",
 ]
 # The server's own: at its start, jobs a restart left RUNNING are marked ABANDONED (job/outcome.py).
 SERVER_SYSTEM_COMPONENTS = [{"id": "abandon_unfinished_jobs", "path": "outcome.AbandonUnfinishedJobs", "args": {}}]

@@ -41,8 +41,8 @@ submit: ## Submit the job (ROUNDS, DATASET, JOB_NAME, TORCH_THREADS from .env or
 \t$(ADMIN) python3 job/job.py --env prod --startup-kit /kit --no-wait --name "$(JOB_NAME)" --dataset "$(DATASET)" \\
 \t  --data-dir /data $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(TORCH_THREADS),--torch-threads $(TORCH_THREADS))
 
-wait: ## Block until the newest job ends; non-zero unless it completed
-\t$(ADMIN) python3 stack/flare_admin.py wait
+wait: ## Block until the newest job ends, showing its round; non-zero unless it completed
+\t@progress=lines; [ ! -t 1 ] || progress=bar; $(ADMIN) python3 stack/flare_admin.py wait --progress $$progress
 """
 
 README = """\

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 compose() { $COMPOSE "$@"; }
 admin() { compose run --rm -T admin "$@"; }
 die() { echo "error: $*" >&2; exit 2; }
+# MLflow 3's UI opens in its GenAI view unless the link asks for model training (the Makefile's `wait` too).
+UI_VIEW='/#/experiments?workflowType=machine_learning'
 FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION
 
 # stack/topology.py runs in the FLARE image (its Python has PyYAML; the host's may not).
@@ -139,6 +141,6 @@ for i in "${!SITES[@]}"; do
 done
 echo "  job id:          $job_id"
 for i in "${!SITES[@]}"; do
-  printf '  %-16s http://127.0.0.1:%s\n' "${SITES[$i]} MLflow:" "${PORTS[$i]}"
+  printf '  %-16s http://127.0.0.1:%s%s\n' "${SITES[$i]} MLflow:" "${PORTS[$i]}" "$UI_VIEW"
 done
 echo "Follow it with \`make status\`, wait for it with \`make wait\`."

@@ -73,8 +73,9 @@ def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, datase
     assert steps, f"{site}: no train_loss"
     assert steps == list(range(len(steps))), f"{site}: train_loss steps not contiguous from 0 or duplicated"
     assert len(steps) % rounds == 0, f"{site}: {len(steps)} train_loss steps is not a whole number of rounds"
-    for key in ("accuracy", "local_accuracy"):
-        assert sorted(m["step"] for m in hist[key]) == list(range(rounds)), f"{site}: {key} steps {hist[key]}"
+    # `accuracy`: of the global model each round received, then (step `rounds`) of the final one.
+    for key, steps in (("accuracy", rounds + 1), ("local_accuracy", rounds)):
+        assert sorted(m["step"] for m in hist[key]) == list(range(steps)), f"{site}: {key} steps {hist[key]}"
 
     if system:
         start, end = run["info"]["start_time"], run["info"]["end_time"]
@@ -91,6 +92,32 @@ def check_site_run(server: MLflowREST, run: dict, site: str, rounds: int, datase
     summary = server.artifact(run, "summary.txt").decode()
     assert f"site: {site}" in summary and f"rounds: {rounds}" in summary, summary
     return hist
+
+
+def check_final_model(uri: str, run: dict, site: str, rounds: int, dataset: str = "digits", data_dir: str = "data"):
+    """The final global model in a site's run: it loads with mlflow.pytorch.load_model from the
+    site's own server and, on the site's test split, scores the run's `accuracy` at step `rounds`.
+    Returns its state_dict (every site must hold the same)."""
+    from unittest import mock
+
+    import mlflow.pytorch
+    import torch
+    from torch.utils.data import DataLoader
+
+    from data import load_site_data
+
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}):
+        model = mlflow.pytorch.load_model(f"runs:/{run['info']['run_id']}/model")
+    _, test_set = load_site_data(dataset, SITES.index(site), len(SITES), data_dir)
+    correct = total = 0
+    with torch.no_grad():  # an exported graph: always in eval mode (it has no .eval())
+        for x, y in DataLoader(test_set, batch_size=256):
+            correct += (model(x).argmax(dim=1) == y).sum().item()
+            total += y.size(0)
+    logged = {m["step"]: m["value"] for m in MLflowREST(uri).history(run["info"]["run_id"], "accuracy")}
+    assert abs(correct / total - logged[rounds]) <= 1e-6, f"{site}: the stored model scores {correct / total}, " \
+                                                         f"the run says {logged[rounds]} at step {rounds}"
+    return model.state_dict()
 
 
 def check_only_own_runs(server: MLflowREST, site: str, sites: tuple = SITES):

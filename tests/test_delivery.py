@@ -68,7 +68,7 @@ def training_seconds(hist: dict, within=None) -> list:
     start = {m["step"]: m["timestamp"] / 1000 for m in hist["accuracy"]}
     end = {m["step"]: m["timestamp"] / 1000 for m in hist["local_accuracy"]}
     out = []
-    for r in sorted(start):
+    for r in sorted(end):  # the rounds; `accuracy` has one more step, the final model's
         if within is None or (within[0] <= start[r] and end[r] <= within[1]):
             out.append(end[r] - start[r])
     return out
@@ -88,11 +88,11 @@ def assert_no_stall(hist_affected: dict, hist_other: dict, within=None):
     """No round at the affected site stalled: each took at most 2x the other site's median round
     (whose server was up) plus a few seconds. FedAvg runs both sites' rounds at once, so both share
     the machine's load; precise ratios are the benchmark's (job/bench_tracking.py)."""
-    rounds = {m["step"] for m in hist_affected["accuracy"]}
+    rounds = {m["step"] for m in hist_affected["local_accuracy"]}
     if within:
         start = {m["step"]: m["timestamp"] / 1000 for m in hist_affected["accuracy"]}
         end = {m["step"]: m["timestamp"] / 1000 for m in hist_affected["local_accuracy"]}
-        rounds = {r for r in start if within[0] <= start[r] and end[r] <= within[1]}
+        rounds = {r for r in end if within[0] <= start[r] and end[r] <= within[1]}
     assert rounds, "no round ran entirely inside the window"
     keep = lambda h: {k: [m for m in v if m["step"] in rounds] for k, v in h.items()}  # noqa: E731
     affected, other = training_seconds(keep(hist_affected)), training_seconds(keep(hist_other))

@@ -14,6 +14,7 @@ import pytest
 from checks import (
     SITES,
     accuracy_by_round,
+    check_final_model,
     check_only_own_runs,
     check_site_run,
     files_holding,
@@ -21,7 +22,7 @@ from checks import (
     site_run,
 )
 from support import JOB_DIR, ROOT, load_json, run_job
-from mlflow_rest import MLflowREST
+from mlflow_rest import MLflowREST, tags
 
 pytestmark = pytest.mark.processes
 
@@ -86,6 +87,103 @@ def test_provisioned_run_lands_in_each_sites_own_server(mlflow_servers, prod_run
 def test_each_server_holds_only_its_own_sites_runs(mlflow_servers, sim_run, prod_run):
     for site in SITES:
         check_only_own_runs(MLflowREST(mlflow_servers[site].uri), site)
+
+
+# ------------------------------------------------------------------ the final global model, kept at each site
+
+# A clean interpreter, run outside this checkout: what a site's people have.
+LOAD_ELSEWHERE = """
+import sys, mlflow.pytorch
+model = mlflow.pytorch.load_model(sys.argv[1])
+print(sum(float(t.double().sum()) for t in model.state_dict().values()))
+"""
+
+
+def check_final_models(servers, run, tmp_path):
+    """Each site's run holds the final global model (checks.check_final_model), the same at every
+    site, and a clean interpreter outside this checkout loads it from the site's server too."""
+    weights, run_ids = {}, {}
+    for site in SITES:
+        mlrun = site_run(MLflowREST(servers[site].uri), f"{run['name']}-{site}", site, run["job_id"])
+        weights[site], run_ids[site] = check_final_model(servers[site].uri, mlrun, site, ROUNDS), mlrun["info"]["run_id"]
+    first = weights[SITES[0]]
+    for site in SITES[1:]:
+        assert weights[site].keys() == first.keys()
+        assert all(weights[site][k].equal(first[k]) for k in first), f"{site} holds other weights than {SITES[0]}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = servers[SITES[0]].uri
+    loaded = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, f"runs:/{run_ids[SITES[0]]}/model"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert abs(float(loaded.stdout.split()[-1]) - sum(float(t.double().sum()) for t in first.values())) < 1e-6
+
+
+def test_simulator_sites_keep_the_final_global_model(mlflow_servers, sim_run, tmp_path):
+    check_final_models(mlflow_servers, sim_run, tmp_path)
+
+
+def test_provisioned_sites_keep_the_final_global_model(mlflow_servers, prod_run, tmp_path):
+    check_final_models(mlflow_servers, prod_run, tmp_path)
+
+
+def test_a_model_folder_outside_the_spool_is_refused_and_counted(mlflow_servers, tmp_path):
+    """A `model` record uploads only a folder inside the spool's own folder (and then removes it);
+    any other (outside, through '..', holding a link) is refused and counted, and the rest of the
+    spool is delivered. With a registered-model name, the uploaded model gets a version there."""
+    from mlflow.tracking import MlflowClient
+    from nvflare.apis.analytix import AnalyticsDataType, LogWriterName
+    from nvflare.apis.utils.analytix_utils import create_analytic_dxo
+
+    from spool import Delivery, SpoolWriter, counts, status
+    from tracking import records_of
+
+    site, uri = SITES[0], mlflow_servers[SITES[0]].uri
+    name = f"model-folders-{os.getpid()}"
+    spool_dir = tmp_path / "spool"
+    w = SpoolWriter(str(spool_dir), name, {"tracking_uri": uri, "experiment_name": name, "site": site, "job_id": name,
+                                           "run_name": name, "created_ms": int(time.time() * 1000)})
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "site.key").write_text("PRIVATE KEY")
+    linked = spool_dir / "model-linked"
+    linked.mkdir()
+    (linked / "site.key").symlink_to(secret / "site.key")
+    good = spool_dir / "model-good"
+    good.mkdir()
+    (good / "MLmodel").write_text("flavors: {}\n")
+
+    def model_event(key: str, folder, register: str = ""):
+        # As the receiver takes it: the analytics event of client.py's flare.log(..., AnalyticsDataType.MODEL).
+        dxo = create_analytic_dxo(key, str(folder), AnalyticsDataType.MODEL, writer=LogWriterName.MLFLOW,
+                                  registered_model_name=register)
+        w.put((dxo.to_shareable(), int(time.time() * 1000)), records_of)
+
+    w.append("metric", "m", 1.0, 0)
+    model_event("outside", secret)
+    model_event("dotdot", spool_dir / ".." / "secret")
+    model_event("linked", linked)
+    model_event("model", good, register=name)
+    w.append("metric", "m", 2.0, 1)
+    w.close()
+    d = Delivery(w.path)
+    try:
+        while not d.step():
+            pass
+        assert counts(str(spool_dir))["rejected_models"] == 3
+        assert "3 model folder(s) refused" in status(str(spool_dir))
+    finally:
+        d.close()
+
+    run = site_run(MLflowREST(uri), name, site)
+    client = MlflowClient(uri)
+    run_id = run["info"]["run_id"]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["model"]
+    assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/MLmodel"]
+    assert sorted(m["step"] for m in MLflowREST(uri).history(run_id, "m")) == [0, 1], "the rest was not delivered"
+    assert "3 model folder(s) refused" in tags(run)["records_lost"]
+    assert not good.exists() and (secret / "site.key").read_text() == "PRIVATE KEY" and linked.is_dir()
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert [(v.run_id, v.source) for v in versions] == [(run_id, f"runs:/{run_id}/model")]
 
 
 # ------------------------------------------------------------------ privacy: nothing reaches the server

@@ -467,6 +467,97 @@ def test_the_ui_logged_in_calls_no_host_but_its_sites(stack, site, finished_job,
     assert (tmp_path / "ui.png").stat().st_size > 10000, result.stderr[-2000:]
 
 
+SCREENSHOTS = os.path.join(ROOT, "build", "test-output", "ui")  # kept after the run, beside the build (git-ignored)
+
+
+def browse(url: str, want: list, screenshot: str, proxy_port: int, profile: str, timeout: float = 90) -> str:
+    """Open url in headless Chromium (through the login-adding proxy), wait until the page's text
+    holds every string in want (or timeout), save a screenshot; the page's text. Driven over
+    Chromium's DevTools protocol (aiohttp's websocket client, in the venv with MLflow)."""
+    import asyncio
+    import base64
+
+    import aiohttp
+
+    async def run() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
+            f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--remote-debugging-port=0",
+            "--window-size=1400,900", "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            port_file = os.path.join(profile, "DevToolsActivePort")
+            for _ in range(300):
+                if os.path.exists(port_file) and open(port_file).read().strip():
+                    break
+                await asyncio.sleep(0.1)
+            port = open(port_file).read().split()[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                    target = next(t for t in await resp.json() if t["type"] == "page")
+                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    ids = iter(range(1, 1_000_000))
+
+                    async def call(method: str, **params) -> dict:
+                        n = next(ids)
+                        await ws.send_json({"id": n, "method": method, "params": params})
+                        async for msg in ws:
+                            reply = json.loads(msg.data)
+                            if reply.get("id") == n:
+                                return reply.get("result", {})
+                        raise RuntimeError("Chromium closed its DevTools connection")
+
+                    await call("Page.navigate", url=url)
+                    deadline, text = time.monotonic() + timeout, ""
+                    while time.monotonic() < deadline:
+                        got = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+                        text = got.get("result", {}).get("value", "")
+                        if all(w in text for w in want):
+                            await asyncio.sleep(2)  # the charts draw their lines just after their titles
+                            break
+                        await asyncio.sleep(1)
+                    shot = await call("Page.captureScreenshot", format="png")
+                    with open(screenshot, "wb") as f:
+                        f.write(base64.b64decode(shot["data"]))
+                    return text
+        finally:
+            proc.kill()
+            await proc.wait()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_the_run_page_shows_the_training_charts_and_the_system_metrics(stack, site, finished_job, tmp_path):
+    """What a site's researcher sees: logged in (through the recording proxy on loopback, as above),
+    the run page in MLflow's model-training view shows the training charts and, on its own tab, the
+    site's system metrics. Screenshots are kept in build/test-output/ui/."""
+    server = stack.mlflow(site)
+    run = site_run(server, f"{stack.job_name}-{site}", site, finished_job["job_id"])
+    run_id, exp_id = run["info"]["run_id"], run["info"]["experiment_id"]
+    assert server.history(run_id, "system/cpu_utilization_percentage"), f"{site}: no system metrics in the run"
+    user = f"charts{os.getpid()}"
+    made = stack.make("mlflow-user", extra=[f"SITE={site}", f"USER={user}"])
+    password = re.search(r"keep it safe\): (\S+)", made.stdout).group(1)
+    origin = stack.uri(site)
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    proxy = RecordingProxy(origin, (user, password))
+    try:
+        pages = {"model-metrics": ["train_loss", "local_accuracy", "accuracy"],
+                 "system-metrics": ["cpu_utilization_percentage", "system_memory_usage_megabytes"]}
+        for tab, want in pages.items():
+            shot = os.path.join(SCREENSHOTS, f"{site}-{tab}.png")
+            text = browse(f"{origin}/#/experiments/{exp_id}/runs/{run_id}/{tab}?workflowType=machine_learning", want,
+                          shot, proxy.port, str(tmp_path / f"profile-{tab}"))
+            print(f"\n{site} {tab}: {shot}")
+            missing = [w for w in want if w not in text]
+            assert not missing, f"{site}'s run page ({tab}) does not show {missing}; see {shot}:\n{text[:1500]}"
+            assert "Model training" in text and os.path.getsize(shot) > 20000, shot
+    finally:
+        proxy.close()
+
+
 # --------------------------------------------------------------------------- a wrong forwarder password
 
 
