@@ -25,7 +25,7 @@ ROUNDS = 3
 PORTS = {site: 6001 + i for i, site in enumerate(SITES)}  # what the stub says compose published
 STATUS = r"job (\S+) [A-Z_:]+"
 ROUND = r"job (\S+) RUNNING round (\d+)/(\d+), (\d+:\d\d) elapsed"
-URL = r"  (\S+) MLflow: +http://127\.0\.0\.1:(\d+)"
+URL = r"  (\S+) MLflow: +http://127\.0\.0\.1:(\d+)/#/experiments\?workflowType=machine_learning"  # the model-training view
 
 
 @pytest.fixture(scope="module")
