@@ -22,7 +22,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "job"), os.path.join(ROOT, "tests"), os.path.join(ROOT, "stack")]
+sys.path[:0] = [os.path.join(ROOT, d) for d in ("job", "tests", "stack", "policy")]  # as pytest.ini
 
 from mlflow_rest import MLflowREST  # noqa: E402
 from support import MLflowServer, free_port, run_job  # noqa: E402
@@ -143,15 +143,24 @@ def bench_throughput(server, tmp: str, n: int):
         client.log_batch(run_id, metrics=[Metric("tp", float(i), now, i) for i in range(first, min(n, first + 1000))])
     raw = n / (time.monotonic() - t0)
 
-    name = f"bench-throughput-{os.getpid()}"
-    w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": SITE,
-                                         "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
-    t0 = time.monotonic()
-    for i in range(n):
-        w.append("metric", "tp", float(i), i)
-    w.close()
-    spooled = time.monotonic() - t0
+    def spool(name: str, points: int) -> SpoolWriter:
+        w = SpoolWriter(tmp + "/tp", name, {"tracking_uri": server.uri, "experiment_name": name, "site": SITE,
+                                             "job_id": name, "run_name": name, "created_ms": int(time.time() * 1000)})
+        for i in range(points):
+            w.append("metric", "tp", float(i), i)
+        w.close()
+        return w
+
+    # Sustained: the site's forwarder already runs and has delivered once (its imports and login done),
+    # as the raw client above has.
+    warm = spool(f"bench-warmup-{os.getpid()}", 1)
     start_forwarder(tmp + "/tp")
+    while os.path.exists(warm.path):
+        time.sleep(0.05)
+    name = f"bench-throughput-{os.getpid()}"
+    t0 = time.monotonic()
+    w = spool(name, n)
+    spooled = time.monotonic() - t0
     path = w.path
     while os.path.exists(path):
         time.sleep(0.05)
