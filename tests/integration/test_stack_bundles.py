@@ -127,6 +127,13 @@ def test_three_hosts_from_bundles(stack, tmp_path):
             check_site_run(mlflow, site_run(mlflow, f"{job_name}-{site}", site, job_id), site, ROUNDS)
             check_only_own_runs(mlflow, site)
     finally:
+        # Each host's service logs, kept beside the build (git-ignored) for a failure's post-mortem.
+        logs = os.path.join(ROOT, "build", "test-output", "three-hosts")
+        os.makedirs(logs, exist_ok=True)
+        for part, host in hosts.items():
+            with open(os.path.join(logs, f"{part}.log"), "w") as f:
+                f.write(run(["docker", "compose", "--profile", "admin", "logs", "--no-color"], host, check=False,
+                            env=clean_env).stdout)
         for part, host in hosts.items():
             run(["docker", "compose", "--profile", "admin", "down", "--volumes", "--remove-orphans"], host, check=False,
                 env=clean_env)
