@@ -55,9 +55,7 @@ knobs: # The knobs only, before a long build (`make up` checks the project with 
 wait: ## Block until the newest job ends, showing its round and elapsed time (non-zero unless it completed, with the reason); then each site's MLflow URL
 	@progress=lines; [ ! -t 1 ] || progress=bar; \
 	$(ADMIN) python3 stack/flare_admin.py wait --progress $$progress
-	@for site in $$($(COMPOSE) config --services | sed -n 's/^mlflow-//p'); do \
-	  addr=$$($(COMPOSE) port mlflow-$$site 5000 2>/dev/null) && url="http://$$addr/#/experiments?workflowType=machine_learning" || url="not running (make up)"; \
-	  printf '  %-16s %s\n' "$$site MLflow:" "$$url"; done
+	@stack/up.sh --urls
 
 .PHONY: status
 status: ## Services, job state (why one did not complete), per-site metric counts, each site's spool

@@ -92,7 +92,20 @@ def _meta(db) -> dict:
 
 
 def _set_meta(db, **values):
-    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
+    """Set values in one transaction (the caller's, if one is open): a reader sees all or none. Key by
+    key, a forwarder could see a new spool's server but not its writer, take the job for dead, end the
+    run FAILED and delete the spool under the running job."""
+    rows = [(k, str(v)) for k, v in values.items()]
+    if db.in_transaction:
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _process_token(pid: int) -> str:
@@ -241,6 +254,8 @@ class SpoolWriter:
                 _set_meta(self.db, refused=self.refused)
             if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
                 _set_meta(self.db, failed=self.failed)
+            if self.closed:  # with the final status: a forwarder never sees it spooled but the spool open
+                _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._lost(len(rows), e)
@@ -288,11 +303,6 @@ class SpoolWriter:
                 self.failures.record(self.failed, force=True)  # the final count, for `status`
                 log.error("tracking spool %s: could not spool the run's final status %s; with its job gone, the "
                           "forwarder marks the run FAILED", self.path, status)
-            elif self.db is not None:
-                try:
-                    _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
-                except sqlite3.Error:
-                    pass
             if self.db is not None:
                 self.db.close()
                 self.db = None
@@ -407,13 +417,7 @@ class Delivery:
             if meta.get("closed") == "1":
                 return True
             if not _alive(meta.get("writer", "0:?")):
-                # The job died without closing its spool: all it logged is delivered; mark the run FAILED.
-                self.db.execute(
-                    "INSERT INTO records (kind, key, value, step, ts) VALUES ('end', 'status', 'FAILED', NULL, ?)",
-                    (int(time.time() * 1000),),
-                )
-                _set_meta(self.db, closed=1)
-                log.warning("%s: its job ended without closing it; the run will be marked FAILED", self.path)
+                self._end_abandoned()
             return False
         client = self._client(meta["tracking_uri"])
         run_id = self._run_id(meta)
@@ -453,6 +457,25 @@ class Delivery:
         if uploaded:  # only once acknowledged: until then a retry uploads it again
             shutil.rmtree(uploaded, ignore_errors=True)
         return False
+
+    def _end_abandoned(self):
+        """The job died without closing its spool and all it logged is delivered: mark the run FAILED.
+        Looked at again under the write lock, so a writer that (re)opened the spool meanwhile is seen."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            meta = _meta(self.db)
+            empty = self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None
+            ended = meta.get("closed") != "1" and empty and not _alive(meta.get("writer", "0:?"))
+            if ended:
+                self.db.execute("INSERT INTO records (kind, key, value, step, ts) VALUES ('end', 'status', 'FAILED', NULL, ?)",
+                                (int(time.time() * 1000),))
+                _set_meta(self.db, closed=1)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        if ended:
+            log.warning("%s: its job ended without closing it; the run will be marked FAILED", self.path)
 
     def _log_model(self, client, run_id: str, key: str, value: str):
         """Upload a model folder as the run's artifacts under key (and register it, when asked);

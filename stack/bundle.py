@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 
-from topology import Project, ProjectError, compose_text, port_var
+from topology import UI_VIEW, Project, ProjectError, compose_text, port_var
 
 BUNDLE_MAKEFILE = """\
 # {name}: `make up`, `make status`, `make down`{admin_help}. Knobs live in .env.
@@ -106,7 +106,7 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
         steps += [f"1. In `.env`, set `FL_SERVER_ADDRESS` to the server host's address (its port {project.fl_port} must be "
                   "reachable from here)."]
         if is_site:
-            steps += ["2. `make up`. The UI is on http://127.0.0.1:" + str(project.ports[part]) + " (log in as `admin`, "
+            steps += [f"2. `make up`. The UI is on http://127.0.0.1:{project.ports[part]}{UI_VIEW} (log in as `admin`, "
                       "password in `secrets/mlflow/admin_password`); your metrics never leave this host."]
         else:
             steps += ["2. `make up` checks that the server answers and every site is connected; `make submit`, then "

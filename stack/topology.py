@@ -22,6 +22,9 @@ import urllib.parse
 
 SITE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 GPU_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # an index or a UUID, as `nvidia-smi -L` lists them
+# A site's UI link opens MLflow 3's "Model training" view (its GenAI view otherwise): the links `make up`
+# and `make wait` print (stack/up.sh reads this line) and a site bundle's README.
+UI_VIEW = "/#/experiments?workflowType=machine_learning"
 
 
 class ProjectError(Exception):

@@ -2,16 +2,25 @@
 # `make up`: the compose file from provision/project.yml, kits, services, then the job (unless a job
 # of the same name is still running) as soon as the server and every site's client answer; then it
 # waits for every site's MLflow. Returns while the job trains. `up.sh --submit` submits another job
-# to the running stack (`make submit`). `up.sh --knobs` only checks the knobs (before the images are built); `--check` the project too once the FLARE image exists (and, with GPUS,
-# that containers get the GPUs); `--compose-file` only writes the compose file.
+# to the running stack (`make submit`). `up.sh --urls` prints each site's UI link. `up.sh --knobs` only
+# checks the knobs (before the images are built); `--check` the project too once the FLARE image exists
+# (and, with GPUS, that containers get the GPUs); `--compose-file` only writes the compose file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:=}" "${DATASET:?}" "${NVFLARE_VERSION:?}"
 compose() { $COMPOSE "$@"; }
 admin() { compose run --rm -T admin "$@"; }
 die() { echo "error: $*" >&2; exit 2; }
-# MLflow 3's UI opens in its GenAI view unless the link asks for model training (the Makefile's `wait` too).
-UI_VIEW='/#/experiments?workflowType=machine_learning'
+# Each site's UI, where compose published it (`make up` ends with these, `make wait` too: `--urls`).
+ui_urls() {
+  local site url view
+  view=$(sed -n 's/^UI_VIEW = "\(.*\)"$/\1/p' stack/topology.py)  # the model-training view
+  for site in $(compose config --services | sed -n 's/^mlflow-//p'); do
+    url=$(compose port "mlflow-$site" 5000 2>/dev/null) && url="http://$url$view" || url="not running (make up)"
+    printf '  %-16s %s\n' "$site MLflow:" "$url"
+  done
+}
+[ "${1:-}" != --urls ] || { ui_urls; exit 0; }
 FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION
 
 # stack/topology.py runs in the FLARE image (its Python has PyYAML; the host's may not).
@@ -140,7 +149,5 @@ for i in "${!SITES[@]}"; do
   done
 done
 echo "  job id:          $job_id"
-for i in "${!SITES[@]}"; do
-  printf '  %-16s http://127.0.0.1:%s%s\n' "${SITES[$i]} MLflow:" "${PORTS[$i]}" "$UI_VIEW"
-done
+ui_urls
 echo "Follow it with \`make status\`, wait for it with \`make wait\`."

@@ -334,6 +334,40 @@ def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, ca
     assert kept == [float(i) for i in range(10)], "the spool must keep the oldest records and refuse the newest"
 
 
+def test_a_forwarder_looking_while_a_job_sets_up_its_spool_leaves_the_run_open(tmp_path, monkeypatch):
+    """A forwarder may look at a spool between any two statements of its writer's set-up: it must find it
+    not set up yet, or set up by its live writer; never a spool whose writer seems gone, which it would
+    end FAILED and delete under the running job (seen once in CI: a site's run FAILED 40 ms after it began)."""
+    import spool
+
+    connect, looks = spool._connect, []
+    forwarder = {}
+
+    def look(sql):  # the writer is about to run sql: the forwarder looks now (while there is nothing to send)
+        d = forwarder.setdefault("d", Delivery(forwarder["path"]))
+        if not d.db.execute("SELECT 1 FROM records").fetchone():
+            looks.append((sql, d.step(), spool._meta(d.db).get("closed"),
+                          d.db.execute("SELECT kind, value FROM records").fetchall()))
+
+    def traced(path):
+        db = connect(path)
+        if not forwarder:  # the writer's connection
+            forwarder["path"] = path
+            db.set_trace_callback(look)
+        return db
+
+    monkeypatch.setattr(spool, "_connect", traced)
+    w = new_spool(tmp_path, "http://127.0.0.1:1", "setup")
+    w.append("metric", "m", 1.0, 0)
+    w.close()
+    assert any("INSERT OR REPLACE INTO meta" in sql for sql, *_ in looks), looks
+    for sql, done, closed, records in looks:
+        assert not done and ("end", "FAILED") not in records, (sql, closed, records)
+    d = forwarder["d"]
+    assert d.db.execute("SELECT kind, value FROM records ORDER BY seq").fetchall() == [("metric", "1.0"), ("end", "FINISHED")]
+    d.close()
+
+
 KILLED_WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from flare_admin import BAR_WIDTH
+from progress import NO_FORMATTER
 from support import BIN, JOB_DIR, ROOT, SITES, run_job, stop
 
 pytestmark = pytest.mark.processes
@@ -108,6 +109,11 @@ def test_make_wait_shows_the_rounds_on_a_terminal_and_on_a_pipe(mlflow_servers, 
     assert "\r[" in terminal and f"[{'#' * BAR_WIDTH}] round {ROUNDS}/{ROUNDS}" in terminal, terminal
     assert not re.search(ROUND, terminal), terminal  # no per-round lines: the bar says it
     check_the_end(terminal.replace("\r\n", "\n").split("\n"), job_id, terminal)
+
+    # Asked each second, the server logs no warning per question (CrossSiteModelEval's: job/progress.py).
+    with open(os.path.join(flare_system.root, "server.log"), errors="ignore") as f:
+        log = f.read()
+    assert job_id in log and NO_FORMATTER not in log, [l for l in log.splitlines() if NO_FORMATTER in l][:3]
 
 
 def check_the_end(lines: list, job_id: str, out: str):
