@@ -292,10 +292,10 @@ class SpoolWriter:
         if self.closed:
             return
         self._stop.set()
-        self.append("end", "status", status)
-        self.closed = True
         atexit.unregister(self.commit)
-        with self._lock:
+        with self._lock:  # the committer thread commits the final status only with closed set
+            self.append("end", "status", status)
+            self.closed = True
             self._next_open = 0.0  # the last commit: try the storage once more now, whatever failed before
             failed = self.failed
             self._commit()

@@ -365,6 +365,8 @@ def test_a_forwarder_looking_while_a_job_sets_up_its_spool_leaves_the_run_open(t
         assert not done and ("end", "FAILED") not in records, (sql, closed, records)
     d = forwarder["d"]
     assert d.db.execute("SELECT kind, value FROM records ORDER BY seq").fetchall() == [("metric", "1.0"), ("end", "FINISHED")]
+    # Closed in the final status's own commit: once its writer is gone, nothing adds FAILED after FINISHED.
+    assert [sql for sql, *_ in looks if "'closed', '1'" in sql] and spool._meta(d.db)["closed"] == "1"
     d.close()
 
 
