@@ -36,6 +36,7 @@ A write the storage refuses (disk full) is counted too (SpoolWriter); the forwar
 
 import atexit
 import collections
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -91,21 +92,28 @@ def _meta(db) -> dict:
     return dict(db.execute("SELECT key, value FROM meta"))
 
 
-def _set_meta(db, **values):
-    """Set values in one transaction (the caller's, if one is open): a reader sees all or none. Key by
-    key, a forwarder could see a new spool's server but not its writer, take the job for dead, end the
-    run FAILED and delete the spool under the running job."""
-    rows = [(k, str(v)) for k, v in values.items()]
+@contextlib.contextmanager
+def _transaction(db):
+    """One write transaction (the caller's, if one is open), taken at once: other connections see
+    all of its writes or none."""
     if db.in_transaction:
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+        yield
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+        yield
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # (SQLite may have rolled it back itself, e.g. on a full disk)
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _set_meta(db, **values):
+    """Set values together. Key by key, a forwarder could see a new spool's server but not its writer,
+    take the job for dead, end the run FAILED and delete the spool under the running job."""
+    with _transaction(db):
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
 
 
 def _process_token(pid: int) -> str:
@@ -245,18 +253,17 @@ class SpoolWriter:
                     taken.append(row)
                 else:
                     refused += 1
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)", taken)
-            last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0] if taken else self.last_seq
-            if refused:
-                first = self.refused == 0
-                self.refused += refused
-                _set_meta(self.db, refused=self.refused)
-            if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
-                _set_meta(self.db, failed=self.failed)
-            if self.closed:  # with the final status: a forwarder never sees it spooled but the spool open
-                _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
-            self.db.execute("COMMIT")
+            with _transaction(self.db):
+                self.db.executemany("INSERT INTO records (kind, key, value, step, ts) VALUES (?, ?, ?, ?, ?)", taken)
+                last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0] if taken else self.last_seq
+                if refused:
+                    first = self.refused == 0
+                    self.refused += refused
+                    _set_meta(self.db, refused=self.refused)
+                if self.failures.open:  # writes work again: keep the count with the spool, end the alarm
+                    _set_meta(self.db, failed=self.failed)
+                if self.closed:  # with the final status: a forwarder never sees it spooled but the spool open
+                    _set_meta(self.db, closed=1, refused=self.refused, failed=self.failed)
         except sqlite3.Error as e:
             self._lost(len(rows), e)
             return 0
@@ -461,8 +468,7 @@ class Delivery:
     def _end_abandoned(self):
         """The job died without closing its spool and all it logged is delivered: mark the run FAILED.
         Looked at again under the write lock, so a writer that (re)opened the spool meanwhile is seen."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             meta = _meta(self.db)
             empty = self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None
             ended = meta.get("closed") != "1" and empty and not _alive(meta.get("writer", "0:?"))
@@ -470,10 +476,6 @@ class Delivery:
                 self.db.execute("INSERT INTO records (kind, key, value, step, ts) VALUES ('end', 'status', 'FAILED', NULL, ?)",
                                 (int(time.time() * 1000),))
                 _set_meta(self.db, closed=1)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
         if ended:
             log.warning("%s: its job ended without closing it; the run will be marked FAILED", self.path)
 
@@ -534,10 +536,10 @@ class Delivery:
         self.db.execute("DELETE FROM records WHERE seq <= ?", (last_seq,))
 
     def counts(self) -> tuple:
-        """(undelivered, refused, failed) records of this job's spool."""
+        """(undelivered, refused, failed) records and refused model folders of this job's spool."""
         meta = _meta(self.db)
         pending = self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        return pending, int(meta.get("refused", 0)), int(meta.get("failed", 0))
+        return pending, int(meta.get("refused", 0)), int(meta.get("failed", 0)), int(meta.get("rejected_models", 0))
 
 
 def _json_number(x: float):
@@ -726,8 +728,8 @@ def counts(spool_dir: str) -> dict:
             out["unreadable"] += 1  # e.g. its -shm cannot be made on a full volume: what it holds is unknown
             continue
         try:
-            p, r, f = d.counts()
-            out["rejected_models"] += int(_meta(d.db).get("rejected_models", 0))
+            p, r, f, rejected = d.counts()
+            out["rejected_models"] += rejected
         finally:
             d.close()
         out["pending"] += p
