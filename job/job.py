@@ -18,7 +18,7 @@ import re
 import sys
 
 from inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, project_sites
-from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe, valid_model_name
+from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe, check_model_name
 from runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,8 +70,11 @@ def main(argv=None) -> int:
             raise UsageError("--spool-limit must be at least 1")
         if not args.system_metrics_interval >= 0:
             raise UsageError("--system-metrics-interval must be 0 (none) or a number of seconds")
-        if args.register_model and not valid_model_name(args.register_model):
-            raise UsageError(f"--register-model {args.register_model!r}: use letters, digits, '.', '-' and '_'")
+        if args.register_model:
+            try:
+                check_model_name(args.register_model)
+            except ValueError as e:
+                raise UsageError(f"--register-model: {e}")
         if not args.lr > 0:
             raise UsageError("--lr must be positive")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):

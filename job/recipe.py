@@ -16,9 +16,10 @@ SITE_CODE = "/opt/fedtrack/job"
 SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "progress", "spool", "tracking"]
 
 
-def valid_model_name(name: str) -> bool:
-    """A name for the sites' model registries that needs no quoting anywhere (train_args, URIs)."""
-    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name))
+def check_model_name(name: str):
+    """A name for the sites' model registries must need no quoting anywhere (train_args, URIs)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise ValueError(f"registered model name {name!r}: use letters, digits, '.', '-' and '_'")
 
 
 def build_recipe(
@@ -50,8 +51,8 @@ def build_recipe(
     from privacy import MetricLeakGuard
     from progress import RoundProgress
 
-    if register_model and not valid_model_name(register_model):
-        raise ValueError(f"registered model name {register_model!r}: use letters, digits, '.', '-' and '_'")
+    if register_model:
+        check_model_name(register_model)
     site_names = list(sites)
     recipe = FedAvgRecipe(
         name=name,

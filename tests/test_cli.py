@@ -37,6 +37,8 @@ def one_line_error(result, *expected):
         (["--site", f"{first}=file:///tmp/mlruns"], ["not an http(s) tracking URI"]),
         (GOOD + ["--rounds", "0"], ["--rounds must be at least 1"]),
         (GOOD + ["--name", "Bad Name"], ["job name 'Bad Name'"]),
+        (GOOD + ["--register-model", "my model;x"], ["--register-model: registered model name 'my model;x'",
+                                                      "use letters, digits"]),
     ],
 )
 def test_bad_site_and_uri_input(args, expected):
