@@ -408,11 +408,21 @@ class RecordingProxy:
         self.server.shutdown()
 
 
-def chromium() -> str:
+def chromium(profile, proxy_port: int) -> list:
+    """Headless Chromium with a fresh profile, going out only through the proxy on loopback, every
+    other name resolving to nothing and its own background services off."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
-            return shutil.which(name)
-    pytest.fail("the UI test needs Chromium (apt-get install chromium; .ci/run installs it)")
+            break
+    else:
+        pytest.fail("the UI test needs Chromium (apt-get install chromium; .ci/run installs it)")
+    return [shutil.which(name), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-default-apps", "--disable-extensions", "--no-pings", "--disable-domain-reliability",
+            "--disable-features=AutofillServerCommunication,Translate,OptimizationHints,MediaRouter",
+            f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy_port}",
+            "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--window-size=1400,900"]
 
 
 def page_requests(netlog: str, origin: str) -> tuple:
@@ -445,14 +455,8 @@ def test_the_ui_logged_in_calls_no_host_but_its_sites(stack, site, finished_job,
     netlog = tmp_path / "netlog.json"
     try:
         result = subprocess.run(
-            [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--disable-extensions", "--no-pings", "--disable-domain-reliability",
-             "--disable-features=AutofillServerCommunication,Translate,OptimizationHints,MediaRouter",
-             f"--user-data-dir={tmp_path / 'profile'}", f"--proxy-server=http://127.0.0.1:{proxy.port}",
-             "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             f"--log-net-log={netlog}", "--virtual-time-budget=20000", f"--screenshot={tmp_path / 'ui.png'}",
-             "--window-size=1400,900", f"{origin}/"],
+            [*chromium(tmp_path / "profile", proxy.port), f"--log-net-log={netlog}", "--virtual-time-budget=20000",
+             f"--screenshot={tmp_path / 'ui.png'}", f"{origin}/"],
             capture_output=True, text=True, timeout=180)
     finally:
         proxy.close()
@@ -481,11 +485,8 @@ def browse(url: str, want: list, screenshot: str, proxy_port: int, profile: str,
 
     async def run() -> str:
         proc = await asyncio.create_subprocess_exec(
-            chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-            f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--remote-debugging-port=0",
-            "--window-size=1400,900", "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            *chromium(profile, proxy_port), "--remote-debugging-port=0", "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
             port_file = os.path.join(profile, "DevToolsActivePort")
             for _ in range(300):
