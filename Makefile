@@ -6,11 +6,13 @@ SHELL := /usr/bin/env bash -o pipefail
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
 export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS LR LOCAL_EPOCHS BATCH_SIZE DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR GPUS
+# A site's UI port set in .env (MLFLOW_PORT_<SITE>) reaches stack/up.sh and the compose file too.
+export $(filter MLFLOW_PORT_%,$(.VARIABLES))
 # The sites, their ports and tracking URIs come from provision/project.yml (stack/topology.py).
 export HOST_GID := $(shell id -g)
-# Image tags follow the pins in requirements.txt.
-export NVFLARE_VERSION := $(shell sed -n 's/^nvflare==//p' requirements.txt)
-export MLFLOW_VERSION := $(shell sed -n 's/^mlflow\(\[[a-z,]*\]\)\?==//p' requirements.txt)
+# Image tags follow the pins in requirements.txt (one reader: fedtrack/pins.py).
+export NVFLARE_VERSION := $(shell python3 -m fedtrack.pins nvflare)
+export MLFLOW_VERSION := $(shell python3 -m fedtrack.pins mlflow)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -42,11 +44,11 @@ submit: ## Submit another job to the running stack (ROUNDS, LR, LOCAL_EPOCHS, BA
 	@stack/up.sh --submit
 
 .PHONY: check
-check: ## Check the knobs (ROUNDS, DATASET, ...; the project's sites and ports once the image exists)
+check: ## Check the knobs (ROUNDS, DATASET, ...) and provision/project.yml on this host; no image needed
 	@stack/up.sh --check
 
 .PHONY: knobs
-knobs: # The knobs only, before a long build (`make up` checks the project with its compose file)
+knobs: # The knobs and the project, before a long build
 	@stack/up.sh --knobs
 
 # The admin container has no terminal (run -T), so whether to draw a progress bar is decided here.
@@ -54,7 +56,7 @@ knobs: # The knobs only, before a long build (`make up` checks the project with 
 .PHONY: wait
 wait: ## Block until the newest job ends, showing its round and elapsed time (non-zero unless it completed, with the reason); then each site's MLflow URL
 	@progress=lines; [ ! -t 1 ] || progress=bar; \
-	$(ADMIN) python3 stack/flare_admin.py wait --progress $$progress
+	$(ADMIN) fedtrack-admin wait --progress $$progress
 	@stack/up.sh --urls
 
 .PHONY: status
@@ -99,7 +101,7 @@ bundles: images ## Write dist/<participant>/ for each (PARTICIPANT=site-3: one);
 ##@ Building blocks
 
 .PHONY: compose-file
-compose-file: images ## Write docker-compose.yml again from provision/project.yml (make up does this too)
+compose-file: ## Write docker-compose.yml again from provision/project.yml (make up does this too; no image needed)
 	@stack/up.sh --compose-file
 
 .PHONY: compose
@@ -117,26 +119,27 @@ provision: images ## Make the startup kits once (skips when they exist)
 ##@ Development (no Docker)
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Build .venv from the pins in requirements.txt
+venv: $(VENV)/.installed ## Build .venv from the pins in requirements.txt, with the fedtrack package (editable)
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or set PYTHON=" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 .PHONY: test
-test: venv ## Run all tests (creates .venv when missing)
+test: venv ## Run all tests, fastest tier first: tests/unit, tests/processes, tests/integration (Docker)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: venv ## Run the quick tests (no server process, no Docker): CLI, knobs, data, exported job
-	$(PY) -m pytest -m "not processes and not docker" $(PYTEST_ARGS)
+test-unit: venv ## Run the unit tier only (no server process, no Docker): about a minute
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: export
 export: venv ## Write the job folder to jobs/ (its sites and their tracking URIs from provision/project.yml)
-	$(PY) job/job.py --env export --export-dir jobs $(if $(ROUNDS),--rounds $(ROUNDS)) --dataset $(DATASET)
+	$(VENV)/bin/fedtrack-job --env export --export-dir jobs $(if $(ROUNDS),--rounds $(ROUNDS)) --dataset $(DATASET)
 
 .PHONY: clean-venv
 clean-venv: ## Remove .venv

@@ -37,11 +37,8 @@ unset FORCE   # FORCE=1 means "rebuild the images", not "re-download / re-deboot
 command -v docker >/dev/null || die "docker CLI not found: install Docker (apt-get install docker.io)"
 docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon: start dockerd or check DOCKER_HOST/permissions"
 
-pin() {  # pin NAME -> version pinned with == in requirements.txt
-  local v
-  v="$(sed -n -E "s/^[[:space:]]*$1(\[[^]]*\])?[[:space:]]*==[[:space:]]*([^[:space:];#]+).*/\2/Ip" "$REQUIREMENTS" | head -n1)"
-  [[ -n "$v" ]] || die "no '$1==<version>' pin in $REQUIREMENTS: add one"
-  echo "$v"
+pin() {  # pin NAME -> version pinned with == in requirements.txt (fedtrack/pins.py, the one reader)
+  (cd "$ROOT" && python3 -m fedtrack.pins "$1") || die "fix the pins in $REQUIREMENTS (see above)"
 }
 NVFLARE_VERSION="$(pin nvflare)"
 MLFLOW_VERSION="$(pin mlflow)"
@@ -73,12 +70,12 @@ image_files() {
   local f
   case "$1" in
     flare) echo "$ROOT/docker/flare-entrypoint.sh:usr/local/bin/fedtrack-entrypoint"
-           echo "$ROOT/docker/flare-health.py:usr/local/bin/fedtrack-health"
-           # The site code (not the benchmark), the policy, and the admin's and the job's stack modules.
-           for f in "$ROOT"/job/*.py "$ROOT"/policy/*.py "$ROOT"/policy/*.json "$ROOT"/stack/flare_admin.py \
-                    "$ROOT"/stack/topology.py; do
-             [[ "$f" == */job/bench_* ]] || echo "$f:opt/fedtrack/${f#"$ROOT"/}"
-           done ;;
+           # The fedtrack package's source (pyproject.toml names what it holds), installed by the Dockerfile.
+           echo "$ROOT/pyproject.toml:opt/fedtrack-src/pyproject.toml"
+           # (fedtrack/job links to job/: staged as the files themselves.)
+           while IFS= read -r f; do echo "$ROOT/$f:opt/fedtrack-src/fedtrack/${f#fedtrack/}"; done \
+             < <(cd "$ROOT" && find fedtrack job -path fedtrack/job -prune -o \( -name '*.py' -o -name '*.json' \) -print \
+                 | LC_ALL=C sort) ;;
     mlflow) echo "$ROOT/docker/mlflow-site.py:usr/local/bin/fedtrack-mlflow" ;;
   esac
 }
@@ -97,12 +94,33 @@ serve_wheels() {
   die "the wheel server container did not start"
 }
 
+# build_ticker TAG LOG OWNER_PID (run it in the background while `docker build` writes LOG): every 20 s
+# one line on stderr, the tag, the newest legacy-builder step in LOG ("Step 7/12 : RUN ..." gives
+# "step 7/12 (RUN)") and the time since it started. Quiet between ticks; ends on SIGTERM (its sleep
+# too) or at the first tick after OWNER_PID is gone.
+build_ticker() {
+  local tag="$1" buildlog="$2" owner="$3" began=$SECONDS sleeper="" line step elapsed
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep 20 & sleeper=$!
+    wait "$sleeper" || true
+    kill -0 "$owner" 2>/dev/null || exit 0
+    line="$(grep -E '^[0-9:]+ Step [0-9]+/[0-9]+ : ' "$buildlog" 2>/dev/null | tail -n 1 || true)"
+    step="no step yet"
+    if [[ "$line" =~ \ Step\ ([0-9]+/[0-9]+)\ :\ ([A-Za-z]+) ]]; then
+      step="step ${BASH_REMATCH[1]} (${BASH_REMATCH[2]^^})"
+    fi
+    elapsed=$((SECONDS - began))
+    log "$(printf '%s: %s, %dm%02ds' "$tag" "$step" $((elapsed / 60)) $((elapsed % 60)))"
+  done
+}
+
 # build NAME TAG BUILD_ARGS...
 build() {
   local name="$1" tag="$2"; shift 2
   local dockerfile="$ROOT/docker/$name.Dockerfile" wheels="$WHEELHOUSE_DIR/$name"
   local ctx="$BUILD_DIR/context/$name" buildlog="$BUILD_DIR/docker-build-$name.log"
-  local hash current old_id start spec src server files=()
+  local hash current old_id start spec src server ticker rc=0 files=()
   [[ -f "$dockerfile" ]] || die "$dockerfile missing"
   [[ -f "$wheels/requirements.txt" ]] || die "$wheels/requirements.txt missing: run docker/wheelhouse.sh"
   while IFS= read -r spec; do
@@ -130,15 +148,22 @@ build() {
   server="$(serve_wheels)"
   log "building $tag from docker/$name.Dockerfile, base $BASE, wheels from container ${server:0:12}; log: $buildlog"
   start=$SECONDS
+  # A line every 20 s while it builds (the two builds run side by side: each names its tag).
+  build_ticker "$tag" "$buildlog" "$BASHPID" &
+  ticker=$!
   # fedtrack.build-hash is set by the Dockerfile from BUILD_HASH (a CLI --label would add
   # one more slow commit step after the venv with the legacy builder).
   docker build --pull=false --network "container:$server" -f "$dockerfile" -t "$tag" \
       --build-arg "BASE_IMAGE=$BASE" --build-arg "BUILD_HASH=$hash" "$@" \
       "$ctx" 2>&1 | while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done >"$buildlog" \
-    || { docker rm -f "$server" >/dev/null 2>&1 || true
-         tail -n 30 "$buildlog" >&2
-         die "docker build of $tag failed (full log: $buildlog)"; }
+    || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
   docker rm -f "$server" >/dev/null 2>&1 || true
+  if (( rc != 0 )); then
+    tail -n 30 "$buildlog" >&2
+    die "docker build of $tag failed (full log: $buildlog)"
+  fi
   log "built $tag in $((SECONDS - start)) s"
   rm -rf "$ctx"; rmdir "$BUILD_DIR/context" 2>/dev/null || true
   # The image this tag pointed at before is now untagged: drop it unless a container uses it

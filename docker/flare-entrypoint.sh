@@ -2,8 +2,8 @@
 # Start an NVFlare server or client from a startup kit mounted read-only at $KIT, with its
 # writable workspace (logs, job runs, job store) at $WORKSPACE, a persistent volume.
 # The kit's keys are linked, never copied into the workspace or the image. The local policy
-# (authorization, allowed components: /opt/fedtrack/policy) comes from the image, as does every
-# line of code a site runs; a client site also runs its tracking forwarder, from the image.
+# (authorization, allowed components: fedtrack.policy, `fedtrack-policy`) comes from the image, as
+# does every line of code a site runs; a client site also runs its tracking forwarder, from the image.
 #   fedtrack-entrypoint            run the participant the kit was made for (server or client)
 #   fedtrack-entrypoint CMD ...    run CMD (e.g. the admin's job submission) instead
 set -euo pipefail
@@ -30,12 +30,12 @@ rm -rf "$WORKSPACE/startup"
 mkdir -p "$WORKSPACE/startup" "$WORKSPACE/local" "$WORKSPACE/transfer"
 ln -s "$KIT"/startup/* "$WORKSPACE/startup/"
 cp "$KIT"/local/* "$WORKSPACE/local/"
-python3 /opt/fedtrack/policy/install.py "$KIT" "$WORKSPACE"
+WORKSPACE="$WORKSPACE" fedtrack-policy "$KIT" "$WORKSPACE"
 rm -f "$WORKSPACE"/{pid,shutdown,restart,daemon_pid}.fl
 # A client site's forwarder runs as long as the container: it delivers what jobs spool (and what
 # they spooled before a restart) to the site's MLflow; its log is the container's.
 if [ -f "$KIT/startup/fed_client.json" ]; then
-  python3 /opt/fedtrack/job/spool.py serve "$WORKSPACE/tracking-spool" < /dev/null &
+  WORKSPACE="$WORKSPACE" fedtrack-spool serve < /dev/null &
 fi
 echo "fedtrack: $cmd (kit $KIT, workspace $WORKSPACE)"
 eval "exec $cmd"  # the kit's command refers to "$WORKSPACE", set above

@@ -1,17 +1,17 @@
 # NVIDIA FLARE runtime image (server, clients, admin): Python 3.11 venv with every pin of
-# requirements.txt except the test-only and build-only ones, plus the vetted code every site runs:
-# the job's modules in /opt/fedtrack/job (training script, tracking receiver, spool and forwarder,
-# model), the local policy in /opt/fedtrack/policy, the admin's stack/flare_admin.py and the project
-# reader stack/topology.py. Jobs carry configuration only. No startup kits, keys or secrets inside:
-# the kit is mounted at /kit.
+# requirements.txt except the test-only and build-only ones, plus the vetted code every participant
+# runs: the fedtrack package (pyproject.toml: the site's receiver, spool and forwarder, the server's
+# components, the policy, the admin's commands, and the FL job in fedtrack.job, linked at
+# /opt/fedtrack/job where a job names its training script). Jobs carry configuration only. No
+# startup kits, keys or secrets inside: the kit is mounted at /kit.
 #
 # Build context = build/context/flare/, staged by docker/build-images.sh:
 #   requirements.txt  the pins docker/wheelhouse.sh downloaded into build/wheelhouse/flare/
-#   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-{entrypoint,health},
-#                     /opt/fedtrack/{job,policy,stack}
+#   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-entrypoint and the package's
+#                     source in /opt/fedtrack-src (installed, then removed)
 # The wheels are not in the context: docker/build-images.sh serves build/wheelhouse/ from a container
-# without network (--network none) and builds with `--network container:<it>`, so the RUN below
-# reaches exactly that server on 127.0.0.1:8765 and nothing else. So no wheel is ever a layer and the
+# without network (--network none) and builds with `--network container:<it>`, so the RUNs below
+# reach exactly that server on 127.0.0.1:8765 and nothing else. So no wheel is ever a layer and the
 # ~6 GB venv is written once (no build stage, no copy of it). Legacy builder (no BuildKit needed).
 # BASE_IMAGE may be python:3.11-slim-bookworm (python3 in /usr/local/bin) or the debootstrapped
 # fedtrack/base:bookworm-py3.11 (python3 in /usr/bin): only `python3` from PATH is used.
@@ -32,7 +32,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
-    PYTHONPATH=/opt/fedtrack/job \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
     HOME=/home/flare
@@ -51,11 +50,19 @@ RUN groupadd --system --gid 10001 flare \
       --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-requirements.txt \
  && /tmp/uv/bin/uv pip check --python /opt/venv/bin/python \
  && rm -rf /tmp/uv /tmp/uv-cache /root/.cache
-USER 10001:10001
 # Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
 ARG BUILD_HASH=none
 # The entrypoint that starts the server/client a mounted kit was made for (compose: entrypoint
 # fedtrack-entrypoint; not the image's ENTRYPOINT, so `docker run IMAGE python ...` works without a
-# kit), the healthchecks (`fedtrack-health server|client`) and the code: one step, one commit.
+# kit) and the package's source.
 COPY rootfs/ /
+# The package and its console scripts (fedtrack-job, -admin, -spool, -health, -policy), built by
+# setuptools from the wheelhouse's tools/ (no dependency is resolved: the venv above holds them all).
+RUN python3 -m venv /tmp/uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index \
+      --find-links http://127.0.0.1:8765/tools/ --no-deps --compile-bytecode --quiet /opt/fedtrack-src \
+ && mkdir -p /opt/fedtrack && ln -s "$(/opt/venv/bin/python -c 'import fedtrack.job, os; print(os.path.dirname(fedtrack.job.__file__))')" /opt/fedtrack/job \
+ && rm -rf /tmp/uv /tmp/uv-cache /root/.cache /opt/fedtrack-src
+USER 10001:10001
 LABEL fedtrack.build-hash="${BUILD_HASH}"

@@ -3,7 +3,7 @@
 
     fedtrack-mlflow serve           sync the site's accounts, then run `mlflow server --app-name basic-auth`
     fedtrack-mlflow health          exit 0 when the server takes a write with the forwarder's account, under its
-                                    service name (a tag on the experiment fedtrack-healthcheck)
+                                    service name (a tag on a run no experiment list shows; see below)
     fedtrack-mlflow add-user NAME   make a UI account that can read the site's runs; prints its password once
 
 Secrets are files made at provisioning and handed in as Compose secrets (never environment lines,
@@ -11,6 +11,17 @@ build arguments or image layers): /run/secrets/mlflow_admin_password, mlflow_fla
 mlflow_forwarder_password. The account store lives on the site's volume (/mlflow/auth.db). Every
 account reads every run of the site (default_permission READ); the forwarder's account, which is
 not an admin, writes the experiments it creates; anonymous requests get 401.
+
+The healthcheck (the container's, every 10 s) writes through the REST API, as the forwarder, to the
+service name: the tag last_write_check on the one run of the experiment fedtrack-healthcheck. That
+experiment is kept deleted, so the site's experiment list (the UI, and experiments/search in its
+default view, ACTIVE_ONLY) holds only the site's work; its run is kept active, because MLflow takes a
+run's writes by the run's own state. An earlier version left that experiment visible, with no run:
+the first check gives it its run and deletes it. No other experiment is touched.
+
+Environment: SITE_MLFLOW (the service name) and UI_PORT (the published port); MLFLOW_HOST and
+MLFLOW_PORT (where it listens: 0.0.0.0 and 5000 in its container; the tests use 127.0.0.1 and a
+free port).
 """
 
 import base64
@@ -26,8 +37,12 @@ SECRETS = os.environ.get("SECRETS_DIR", "/run/secrets")
 DATA = os.environ.get("MLFLOW_DATA", "/mlflow")
 AUTH_DB = f"sqlite:///{DATA}/auth.db"
 ADMIN, FORWARDER = "admin", "forwarder"
-HEALTH_EXPERIMENT = "fedtrack-healthcheck"
+HEALTH_EXPERIMENT = "fedtrack-healthcheck"  # kept deleted; its one run takes the check's writes
+HEALTH_RUN_TAG = "fedtrack.health_run_id"  # on that experiment: the id of its run
+HEALTH_NOTE = ("Written by the site's healthcheck: a tag on its one run every 10 s, proof that the store takes the "
+               "forwarder's writes. Kept deleted, so that no experiment list shows it.")
 INI = os.environ.get("MLFLOW_AUTH_INI", "/tmp/fedtrack-auth.ini")  # a tmpfs: the root filesystem is read-only
+PORT = os.environ.get("MLFLOW_PORT", "5000")  # where it listens in its container (the tests: a free port)
 
 
 def secret(name: str) -> str:
@@ -43,7 +58,7 @@ def secret(name: str) -> str:
 
 
 def base_url() -> str:
-    return f"http://{os.environ['SITE_MLFLOW']}:5000"
+    return f"http://{os.environ['SITE_MLFLOW']}:{PORT}"
 
 
 def call(method: str, path: str, body: dict = None, user: str = ADMIN, password: str = None, timeout: float = 10):
@@ -81,11 +96,11 @@ def serve() -> int:
     site, port = os.environ["SITE_MLFLOW"], os.environ["UI_PORT"]
     # Admits its client by service name and the host's browser by the published port (MLflow >= 3.5
     # answers 403 "Invalid Host header" to any other name).
-    args = ["server", "--app-name", "basic-auth", "--host", "0.0.0.0", "--port", os.environ.get("MLFLOW_PORT", "5000"),
+    args = ["server", "--app-name", "basic-auth", "--host", os.environ.get("MLFLOW_HOST", "0.0.0.0"), "--port", PORT,
             "--workers", os.environ.get("MLFLOW_WORKERS", "1"),
             "--backend-store-uri", f"sqlite:///{DATA}/mlflow.db",
             "--artifacts-destination", f"{DATA}/artifacts", "--serve-artifacts",
-            "--allowed-hosts", f"{site},{site}:5000,localhost:{port},127.0.0.1:{port}"]
+            "--allowed-hosts", f"{site},{site}:{PORT},localhost:{port},127.0.0.1:{port}"]
     # `mlflow server` checks its options, migrates the store, then runs uvicorn as a child and stays as
     # its parent (~240 MB doing nothing). Here uvicorn runs in this process instead, with the modules
     # already imported (ready in half the time), one worker (no supervisor; SQLite wants one writer):
@@ -113,26 +128,54 @@ def health() -> int:
     """A write with the forwarder's account, under the service name its forwarder uses: MLflow
     answers, its host check admits the site, the login works and the store takes a write."""
     password = secret("mlflow_forwarder_password")
+
+    def rest(method: str, path: str, body: dict = None) -> dict:
+        return call(method, path, body, user=FORWARDER, password=password, timeout=4)
+
     try:
+        run_id = health_run(rest)
+        tag = {"run_id": run_id, "key": "last_write_check", "value": f"{time.time():.3f}"}
         try:
-            found = call("GET", f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={HEALTH_EXPERIMENT}",
-                         user=FORWARDER, password=password, timeout=4)
-            exp_id = found["experiment"]["experiment_id"]
+            rest("POST", "/api/2.0/mlflow/runs/set-tag", tag)
         except urllib.error.HTTPError as e:
-            if e.code != 404:
+            if e.code != 400:  # 400: the run is deleted, by a check cut short after deleting its experiment
                 raise
-            exp_id = call("POST", "/api/2.0/mlflow/experiments/create", {
-                "name": HEALTH_EXPERIMENT,
-                "tags": [{"key": "mlflow.note.content", "value": "Written by the site's healthcheck (one tag, every 10 s): "
-                          "proof that the store takes the forwarder's writes. Holds no runs."}],
-            }, user=FORWARDER, password=password, timeout=4)["experiment_id"]
-        call("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
-             {"experiment_id": exp_id, "key": "last_write_check", "value": str(int(time.time()))},
-             user=FORWARDER, password=password, timeout=4)
+            rest("POST", "/api/2.0/mlflow/runs/restore", {"run_id": run_id})
+            rest("POST", "/api/2.0/mlflow/runs/set-tag", tag)
         return 0
     except (OSError, ValueError, KeyError) as e:
-        print(f"unhealthy: the forwarder's write was not taken: {e}", file=sys.stderr)
+        detail = e.read(200).decode(errors="replace") if isinstance(e, urllib.error.HTTPError) else ""
+        print(" ".join(f"unhealthy: the forwarder's write was not taken: {e} {detail}".split()), file=sys.stderr)
         return 1
+
+
+def health_run(rest) -> str:
+    """The id of the run the healthcheck writes to. Its experiment, HEALTH_EXPERIMENT, is kept deleted:
+    MLflow takes no tag on a deleted experiment, and deletes its runs with it, but a run restored
+    after that takes writes. Made by the first check, also from an earlier version's visible
+    experiment; a check cut short leaves what the next one finishes."""
+    try:
+        exp = rest("GET", f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={HEALTH_EXPERIMENT}")["experiment"]
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+        exp_id = rest("POST", "/api/2.0/mlflow/experiments/create", {
+            "name": HEALTH_EXPERIMENT, "tags": [{"key": "mlflow.note.content", "value": HEALTH_NOTE}]})["experiment_id"]
+        exp = {"experiment_id": exp_id, "lifecycle_stage": "active"}
+    exp_id = exp["experiment_id"]
+    run_id = {t["key"]: t["value"] for t in exp.get("tags", [])}.get(HEALTH_RUN_TAG)
+    if exp["lifecycle_stage"] != "active":
+        if run_id:  # the steady state: two requests per check, this one and the write
+            return run_id
+        rest("POST", "/api/2.0/mlflow/experiments/restore", {"experiment_id": exp_id})  # deleted by hand, with no run
+    if not run_id:  # new, or an earlier version's (no runs)
+        run_id = rest("POST", "/api/2.0/mlflow/runs/create",
+                      {"experiment_id": exp_id, "run_name": "write-check"})["run"]["info"]["run_id"]
+        rest("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
+             {"experiment_id": exp_id, "key": HEALTH_RUN_TAG, "value": run_id})
+    rest("POST", "/api/2.0/mlflow/experiments/delete", {"experiment_id": exp_id})  # out of every list; deletes its run
+    rest("POST", "/api/2.0/mlflow/runs/restore", {"run_id": run_id})
+    return run_id
 
 
 def add_user(name: str) -> int:

@@ -5,7 +5,7 @@
 #
 #   build/wheelhouse/flare/   every pin in requirements.txt except the test-only (pytest) and build-only (uv) ones
 #   build/wheelhouse/mlflow/  just the mlflow pin, with its dependencies
-#   build/wheelhouse/tools/   the build tool (uv) that installs those sets into the images' venvs
+#   build/wheelhouse/tools/   the build tools: uv installs those sets into the images' venvs, setuptools builds fedtrack
 #
 # Each directory also gets a requirements.txt holding exactly the pins it was made for;
 # the Dockerfiles install `-r /wheels/requirements.txt --no-index --find-links /wheels`.
@@ -30,7 +30,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 WHEELHOUSE_DIR="${WHEELHOUSE_DIR:-$ROOT/build/wheelhouse}"
 PYTHON="${PYTHON:-python3}"
-NOT_IN_IMAGES_RE='^(pytest|uv)([=<>!~ ;[]|$)'
+NOT_IN_IMAGES_RE='^(pytest|uv|setuptools)([=<>!~ ;[]|$)'
 
 [[ -f "$REQUIREMENTS" ]] || die "pins file $REQUIREMENTS not found: run from the repo or set REQUIREMENTS"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3 with pip or set PYTHON"
@@ -42,7 +42,7 @@ pins() { sed -e 's/[[:space:]]#.*$//' -e 's/^#.*$//' -e 's/[[:space:]]*$//' "$RE
 FLARE_PINS="$(pins | grep -Eiv "$NOT_IN_IMAGES_RE" | sed -E 's/^mlflow\[[^]]*\]/mlflow/' || true)"
 MLFLOW_PINS="$(pins | grep -Ei '^mlflow(\[[^]]*\])?[[:space:]]*[=<>!~]' || true)"
 [[ -n "$FLARE_PINS" ]] || die "no pins found in $REQUIREMENTS"
-TOOL_PINS="$(pins | grep -Ei '^uv[[:space:]]*==' || true)"
+TOOL_PINS="$(pins | grep -Ei '^(uv|setuptools)[[:space:]]*==' || true)"
 [[ -n "$MLFLOW_PINS" ]] || die "no 'mlflow==...' pin in $REQUIREMENTS: add one"
 [[ -n "$TOOL_PINS" ]] || die "no 'uv==...' pin in $REQUIREMENTS: add one (it installs the images' venvs)"
 

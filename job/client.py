@@ -21,9 +21,9 @@ import nvflare.client as flare
 from nvflare.apis.analytix import AnalyticsDataType, LogWriterName
 from nvflare.client.tracking import MLflowWriter
 
-from data import DATASETS, load_site_data
-from model import SimpleNetwork
-from tracking import SPOOL_DIR
+from fedtrack.job.data import DATASETS, load_site_data
+from fedtrack.job.model import SimpleNetwork
+from fedtrack.names import SPOOL_DIR
 
 log = logging.getLogger("fedtrack.client")
 
@@ -114,7 +114,7 @@ def main():
             except Exception as e:  # noqa: BLE001 - e.g. a full spool volume: it costs the model, never the job
                 log.error("%s: the final model could not be saved for its run: %s", site, e)
             else:
-                # The artifact path, and the folder the forwarder uploads to it (tracking.records_of).
+                # The artifact path, and the folder the forwarder uploads to it (fedtrack.site.records).
                 flare.log("model", folder, AnalyticsDataType.MODEL, writer=LogWriterName.MLFLOW,
                           registered_model_name=args.register_model)
                 log.info("%s: final global model evaluated and saved", site)

@@ -1,11 +1,14 @@
 """Checks of job.py's input: each bad value is a UsageError whose one line names the fix."""
 
+import json
 import os
-import sys
+import urllib.error
 import urllib.parse
+import urllib.request
+from typing import Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo, or /opt/fedtrack in the image
-DEFAULT_PROJECT = os.path.join(ROOT, "provision", "project.yml")
+# From the checkout's root, or the admin container's working folder (/opt/fedtrack, the project mounted there).
+DEFAULT_PROJECT = os.path.join("provision", "project.yml")
 
 
 class UsageError(Exception):
@@ -13,9 +16,8 @@ class UsageError(Exception):
 
 
 def project_sites(project_file: str) -> dict:
-    """{site: tracking URI} of every client in the project (stack/topology.py reads it, as for compose)."""
-    sys.path.insert(0, os.path.join(ROOT, "stack"))
-    from topology import Project, ProjectError
+    """{site: tracking URI} of every client in the project (read as the compose generator reads it)."""
+    from fedtrack.project import Project, ProjectError
 
     try:
         project = Project(project_file)
@@ -58,10 +60,25 @@ def parse_sites(specs: list, project: dict) -> dict:
     return sites
 
 
+def probe_tracking_server(uri: str, timeout: float = 5.0) -> Optional[str]:
+    """None if the MLflow server at `uri` answers its tracking API, else a short reason.
+
+    Uses the REST path a client uses (not /health, which skips MLflow's host check).
+    """
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            json.load(resp)
+        return None
+    except urllib.error.HTTPError as e:
+        body = e.read(200).decode(errors="replace").strip()
+        return f"HTTP {e.code} {body}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return str(getattr(e, "reason", e))
+
+
 def check_admin_kit(kit: str, username: str = None) -> str:
     """The admin user name of a startup kit, or a UsageError saying what to fix."""
-    import json
-
     if not kit:
         raise UsageError("--env prod needs --startup-kit DIR, the admin's startup kit (run `make provision`)")
     fed_admin = os.path.join(kit, "startup", "fed_admin.json")

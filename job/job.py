@@ -1,6 +1,6 @@
 """Build the FedAvg job with site-local MLflow tracking, then simulate, export or submit it.
 
-    python job/job.py --site SITE=http://127.0.0.1:PORT ... --env sim
+    fedtrack-job --site SITE=http://127.0.0.1:PORT ... --env sim      (or: python job/job.py ...)
 
 The sites are the clients of provision/project.yml (--project); each one's tracking URI is the
 project's (its own MLflow service by default) unless --site NAME=URI names the sites and URIs. Each site gets its own SiteMLflowReceiver, pointed at that site's own tracking URI and listening
@@ -14,12 +14,12 @@ and model from the code installed in their image (--site-code), and refuse jobs 
 import argparse
 import logging
 import os
-import re
 import sys
 
-from inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, project_sites
-from recipe import DEFAULTS, JOB_NAME, SITE_CODE, build_recipe, check_model_name
-from runners import open_session, run_export, run_prod, run_sim
+from fedtrack.job.inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, probe_tracking_server, project_sites
+from fedtrack.job.recipe import SITE_CODE, build_recipe
+from fedtrack.knobs import DEFAULTS, JOB_NAME, KnobError, knob
+from fedtrack.job.runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,19 +28,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--site", action="append", default=[], metavar="NAME=URI", help="a site and its own MLflow URI (default: every site of the project, with the project's URIs)")
     p.add_argument("--name", default=JOB_NAME, help="job name; each site's experiment is NAME-SITE")
-    p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
-    p.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--dataset", choices=("digits", "cifar10"), default=DEFAULTS["dataset"])
+    # The knobs' values are read as text and checked by fedtrack.knobs after parsing (the same bounds and
+    # one-line errors as `make check`).
+    p.add_argument("--rounds", default=str(DEFAULTS["rounds"]))
+    p.add_argument("--local-epochs", default=str(DEFAULTS["local_epochs"]))
+    p.add_argument("--lr", default=str(DEFAULTS["lr"]))
+    p.add_argument("--batch-size", default=str(DEFAULTS["batch_size"]))
+    p.add_argument("--dataset", default=DEFAULTS["dataset"], help="digits (bundled) or cifar10")
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
-    p.add_argument("--spool-limit", type=int, default=None,
+    p.add_argument("--spool-limit", default=None,
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
-    p.add_argument("--system-metrics-interval", type=float, default=DEFAULTS["system_metrics_interval"],
+    p.add_argument("--system-metrics-interval", default=str(DEFAULTS["system_metrics_interval"]),
                    help="seconds between samples of each site's CPU, memory and GPUs, into its own run (0: none)")
     p.add_argument("--register-model", default="", metavar="NAME",
                    help="also register each site's final model in its own MLflow model registry under NAME")
-    p.add_argument("--torch-threads", type=int, default=None,
+    p.add_argument("--torch-threads", default=None,
                    help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
     p.add_argument("--site-code", default=SITE_CODE,
@@ -59,30 +61,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_knobs(args):
+    """Each knob given (or defaulted) as fedtrack.knobs checks it, into its typed value on args."""
+    for name in ("rounds", "local_epochs", "lr", "batch_size", "dataset", "name", "torch_threads", "spool_limit",
+                 "system_metrics_interval", "register_model"):
+        text = getattr(args, name)
+        if text is None or (name == "register_model" and not text):
+            continue
+        try:
+            setattr(args, name, knob(name).check(text, "--" + name.replace("_", "-")))
+        except KnobError as e:
+            raise UsageError(str(e)) from None
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:
-        for flag, value in (("--rounds", args.rounds), ("--local-epochs", args.local_epochs), ("--batch-size", args.batch_size)):
-            if value < 1:
-                raise UsageError(f"{flag} must be at least 1")
-        if args.spool_limit is not None and args.spool_limit < 1:
-            raise UsageError("--spool-limit must be at least 1")
-        if not args.system_metrics_interval >= 0:
-            raise UsageError("--system-metrics-interval must be 0 (none) or a number of seconds")
-        if args.register_model:
-            try:
-                check_model_name(args.register_model)
-            except ValueError as e:
-                raise UsageError(f"--register-model: {e}")
-        if not args.lr > 0:
-            raise UsageError("--lr must be positive")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
-            raise UsageError(f"job name {args.name!r}: use lowercase letters, digits, '-' and '_'")
+        check_knobs(args)
         sites = parse_sites(args.site, project_sites(args.project))
         if args.env == "sim":
-            from data import DataMissingError, require_cifar10
-            from tracking import probe_tracking_server
+            from fedtrack.job.data import DataMissingError, require_cifar10
 
             if args.dataset == "cifar10":  # the simulated sites read their data on this host
                 try:
@@ -118,7 +117,6 @@ def main(argv=None) -> int:
     sys.argv = sys.argv[:1]
     # Relative paths (train_script, custom code) resolve against job/, so nothing host-specific ships.
     os.chdir(HERE)
-    sys.path.insert(0, HERE)
     # Prod: the admin session opens (and waits for the sites) while the job is built.
     session = open_session(kit, username, list(sites), args.ready_timeout) if args.env == "prod" else None
     recipe = build_recipe(

@@ -1,25 +1,16 @@
 """The FedAvg recipe with one site-local MLflow receiver per site and no metric forwarding to the server."""
 
 import os
-import re
 
-JOB_NAME = "fedavg-site-tracking"
-# The training defaults, stated once: the CLI's and build_recipe's (the training script takes every
-# one from the job; `make up` passes ROUNDS and DATASET from .env).
-DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data",
-            "system_metrics_interval": 10.0}  # seconds between samples of a site's CPU, memory, GPUs (MLflow's own)
+from fedtrack.knobs import DEFAULTS, JOB_NAME, knob
+
 FED_FORWARDER_ID = "event_to_fed"
-# Where the FLARE image installs the vetted site code (client.py, tracking.py, ...: this folder).
+# Where the FLARE image has this folder (a link to the installed fedtrack.job): the job names the
+# training script there by absolute path and ships no code.
 SITE_CODE = "/opt/fedtrack/job"
-# The modules of that code a job's configuration names; they are never shipped with the job.
-# (job.py and its helpers inputs, recipe, audit, runners are never named, so never shipped either.)
-SITE_MODULES = ["client", "data", "model", "outcome", "privacy", "progress", "spool", "tracking"]
-
-
-def check_model_name(name: str):
-    """A name for the sites' model registries must need no quoting anywhere (train_args, URIs)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
-        raise ValueError(f"registered model name {name!r}: use letters, digits, '.', '-' and '_'")
+# The package every site and the server have installed: a job's configuration names its classes and
+# never ships them.
+SITE_PACKAGES = ["fedtrack"]
 
 
 def build_recipe(
@@ -46,13 +37,13 @@ def build_recipe(
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
     from nvflare.recipe.utils import add_experiment_tracking, add_final_global_evaluation, set_per_site_config
 
-    from model import SimpleNetwork
-    from outcome import RunOutcome
-    from privacy import MetricLeakGuard
-    from progress import RoundProgress
+    from fedtrack.job.model import SimpleNetwork
+    from fedtrack.server.guard import MetricLeakGuard
+    from fedtrack.server.outcome import RunOutcome
+    from fedtrack.server.progress import RoundProgress
 
     if register_model:
-        check_model_name(register_model)
+        knob("register_model").check(register_model, "register_model")  # a name that needs no quoting anywhere
     site_names = list(sites)
     recipe = FedAvgRecipe(
         name=name,
@@ -94,6 +85,7 @@ def build_recipe(
     # submission, sends the persisted final global model to every site once more as a "validate"
     # task (client.py answers it with no metric).
     add_final_global_evaluation(recipe)
+    recipe._job.set_app_packages(SITE_PACKAGES)  # installed wherever the job runs: never copied into it
     if site_code:
         _ship_no_code(recipe)
     return recipe
@@ -106,16 +98,15 @@ def _client_apps(recipe) -> dict:
 
 
 def _ship_no_code(recipe):
-    """Config only: the sites' own modules stay out of custom/, and so does the training script."""
-    recipe._job.set_app_packages(SITE_MODULES)
+    """Config only: the training script stays out of custom/ too."""
     for app in _client_apps(recipe).values():
         app.app_config.ext_scripts.clear()
 
 
 def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int, system_metrics_interval: float):
     """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
-    from spool import DEFAULT_MAX_RECORDS
-    from tracking import SiteMLflowReceiver
+    from fedtrack.site.receiver import SiteMLflowReceiver
+    from fedtrack.spool.store import DEFAULT_MAX_RECORDS
 
     for site, app in _client_apps(recipe).items():
         comps = app.app_config.components

@@ -5,8 +5,9 @@ import os
 import sys
 import time
 
-from audit import check_config_only
-from inputs import ROOT, UsageError
+from fedtrack.job.audit import check_config_only
+from fedtrack.job.inputs import UsageError
+from fedtrack import names
 
 log = logging.getLogger("fedtrack.job")
 
@@ -19,13 +20,14 @@ def run_sim(recipe, sites: dict, workspace: str) -> int:
     result = run.get_result()
     log.info("simulation finished; workspace %s", result)
     print(f"job {run.get_job_id()} FINISHED; workspace {result}")
-    report_delivery({site: os.path.join(workspace, recipe.name, site, "tracking-spool") for site in sites}, sites)
+    report_delivery({site: names.spool_dir(os.path.join(workspace, recipe.name, site)) for site in sites}, sites)
     return 0
 
 
 def report_delivery(spools: dict, sites: dict, settle: float = 10.0):
     """After a simulation: per site, what is still undelivered, and the forwarder that keeps at it."""
-    from spool import counts, forwarder_pid
+    from fedtrack.spool.forwarder import forwarder_pid
+    from fedtrack.spool.report import counts
 
     deadline = time.monotonic() + settle  # a server that answers takes the rest within seconds
     while time.monotonic() < deadline and any(os.path.isdir(d) and counts(d)["pending"] for d in spools.values()):
@@ -40,7 +42,7 @@ def report_delivery(spools: dict, sites: dict, settle: float = 10.0):
                  f"stop it with `kill {pid}`: the records stay spooled for the next run's forwarder)"
                  if pid else "no forwarder runs now: the next run at this site delivers them")
         print(f"{site}: {pending} record(s) not yet delivered to {sites[site]}; {where}; "
-              f"see `python3 job/spool.py status {spool_dir}`")
+              f"see `fedtrack-spool status {spool_dir}`")
 
 
 def run_export(recipe, export_dir: str) -> int:
@@ -67,8 +69,7 @@ def _session(kit: str, username: str, sites: list, ready_timeout: float):
 
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    sys.path.insert(0, os.path.join(ROOT, "stack"))  # stack/ beside job/, in the image too
-    from flare_admin import registered
+    from fedtrack.admin import registered
 
     deadline = time.monotonic() + ready_timeout
     sess, missing = None, sites
@@ -105,7 +106,7 @@ def run_prod(recipe, session, wait: bool, timeout: float, kit: str, once: bool =
             job_dir = os.path.join(tmp, recipe.name)
             check_config_only(job_dir)
             sess = session.result()
-            from flare_admin import active_job, wait_for  # (stack/ is on the path: _session) the one wait loop
+            from fedtrack.admin import active_job, wait_for  # the one wait loop
 
             running = active_job(sess, recipe.name) if once else None
             if running:

@@ -1,18 +1,22 @@
 """One participant's bundle, for a deployment with one host each: dist/<participant>/ holds its kit
 (and a site's own secrets), its compose file (stack/topology.py), .env, README and Makefile.
 
-    python3 stack/bundle.py PROJECT KITS DIST [NAME ...]    (root, in the FLARE image: `make bundles`)
+    python3 -m stack.bundle PROJECT KITS STAGE [NAME ...]    (on the host, from the checkout: `make bundles`)
 
-Root because the kits' keys are readable by the containers' user alone; each copy keeps its owner
-and mode, and the bundle's other files go to HOST_OWNER (uid:gid).
+Writes each participant's text files (compose file, .env, Makefile, README; the admin's project.yml)
+into STAGE/<name>/ and prints one line per participant: NAME KIT [SECRETS], its kit folder and a
+site's secrets folder, relative to KITS. stack/bundles.sh then copies those (they belong to the
+containers' users: root, in a throwaway container) beside the text files into dist/<name>/.
 """
 
 import os
 import re
-import shutil
 import sys
 
-from topology import UI_VIEW, Project, ProjectError, compose_text, port_var
+from fedtrack.names import DEFAULT_WORKSPACE, spool_dir
+from fedtrack.pins import PinError, pin
+from fedtrack.project import UI_VIEW, Project, ProjectError, port_var
+from stack.topology import NO_YAML, compose_text
 
 BUNDLE_MAKEFILE = """\
 # {name}: `make up`, `make status`, `make down`{admin_help}. Knobs live in .env.
@@ -36,13 +40,15 @@ down: ## Stop and remove the containers; keep the data (volumes)
 \t$(COMPOSE) --profile admin down --remove-orphans
 {admin_targets}"""
 
+# The same knobs as the project's `make submit` (stack/up.sh job_args); empty ones take the job's defaults.
 ADMIN_TARGETS = """
-submit: ## Submit the job (ROUNDS, DATASET, JOB_NAME, TORCH_THREADS from .env or the command line)
-\t$(ADMIN) python3 job/job.py --env prod --startup-kit /kit --no-wait --name "$(JOB_NAME)" --dataset "$(DATASET)" \\
-\t  --data-dir /data $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(TORCH_THREADS),--torch-threads $(TORCH_THREADS))
+submit: ## Submit the job (ROUNDS, LR, LOCAL_EPOCHS, BATCH_SIZE, DATASET, JOB_NAME, TORCH_THREADS from .env or the command line)
+\t$(ADMIN) fedtrack-job --env prod --startup-kit /kit --no-wait --name "$(JOB_NAME)" --dataset "$(DATASET)" --data-dir /data \\
+\t  $(if $(ROUNDS),--rounds "$(ROUNDS)") $(if $(LR),--lr "$(LR)") $(if $(LOCAL_EPOCHS),--local-epochs "$(LOCAL_EPOCHS)") \\
+\t  $(if $(BATCH_SIZE),--batch-size "$(BATCH_SIZE)") $(if $(TORCH_THREADS),--torch-threads "$(TORCH_THREADS)")
 
 wait: ## Block until the newest job ends, showing its round; non-zero unless it completed
-\t@progress=lines; [ ! -t 1 ] || progress=bar; $(ADMIN) python3 stack/flare_admin.py wait --progress $$progress
+\t@progress=lines; [ ! -t 1 ] || progress=bar; $(ADMIN) fedtrack-admin wait --progress $$progress
 """
 
 README = """\
@@ -62,14 +68,13 @@ besides Docker Engine with Compose v2{images_note}.
 """
 
 
-def bundle_files(project: Project, part: str, images: list) -> dict:
-    """{relative path: text} of a participant's bundle, besides its kit and secrets."""
-    server, admin = project.server["name"], project.admin["name"]
-    is_admin, is_site = part == admin, part in project.sites
+def env_file(project: Project, part: str) -> str:
+    """The bundle's .env: its compose project, the images' versions (the pins), its knobs."""
+    server, is_site = project.server["name"], part in project.sites
     env = [f"COMPOSE_PROJECT_NAME={project.name}-{re.sub('[^a-z0-9-]', '-', part.lower())}",
-           "NVFLARE_VERSION=" + os.environ.get("NVFLARE_VERSION", "2.9.0")]
+           "NVFLARE_VERSION=" + pin("nvflare")]
     if is_site:
-        env += ["MLFLOW_VERSION=" + os.environ.get("MLFLOW_VERSION", "3.17.2"),
+        env += ["MLFLOW_VERSION=" + pin("mlflow"),
                 f"# {part}'s MLflow UI, on this host's loopback", f"{port_var(part)}={project.ports[part]}",
                 "# digits (bundled) needs nothing here; cifar10 needs cifar-10-batches-py/ in DATA_DIR", "DATA_DIR=./data"]
     if part == server:
@@ -77,17 +82,23 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
     else:
         env += [f"# The FL server host's address (IP, or a name this host resolves); the kit dials '{server}' there",
                 "FL_SERVER_ADDRESS="]
-    if is_admin:
-        env += ["# The job (empty: the job's default)", "JOB_NAME=fedavg-site-tracking", "ROUNDS=", "DATASET=digits",
+    if part == project.admin["name"]:
+        env += ["# The job (empty: the job's defaults)", "JOB_NAME=fedavg-site-tracking", "ROUNDS=", "LR=",
+                "LOCAL_EPOCHS=", "BATCH_SIZE=", "DATASET=digits",
                 "# torch CPU threads per client (0: torch's default)", "TORCH_THREADS="]
+    return "# Knobs for this bundle's `make` targets and docker compose. No secrets belong here.\n" + "\n".join(env) + "\n"
+
+
+def makefile(project: Project, part: str, images: list) -> str:
+    is_admin, is_site = part == project.admin["name"], part in project.sites
     if is_admin:
-        up = "$(ADMIN) python3 stack/flare_admin.py clients " + " ".join(project.sites)
-        status = "\n\t$(ADMIN) python3 stack/flare_admin.py status"
+        up = "$(ADMIN) fedtrack-admin clients " + " ".join(project.sites)
+        status = "\n\t$(ADMIN) fedtrack-admin status"
     else:
         up = "$(COMPOSE) up -d --wait --wait-timeout 600"
-        status = (f"\n\t$(COMPOSE) exec -T {part} python3 /opt/fedtrack/job/spool.py status /workspace/tracking-spool"
-                  " || echo \"($(part) not running)\"".replace("$(part)", part)) if is_site else ""
-    makefile = BUNDLE_MAKEFILE.format(
+        status = (f"\n\t$(COMPOSE) exec -T {part} fedtrack-spool status {spool_dir(DEFAULT_WORKSPACE)}"
+                  f" || echo \"({part} not running)\"") if is_site else ""
+    return BUNDLE_MAKEFILE.format(
         name=part, load=load_lines(project, part, images),
         admin_up_help="check that the server answers and every site is connected" if is_admin
         else "start and wait until healthy",
@@ -95,8 +106,11 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
         admin_vars="ADMIN = $(COMPOSE) --profile admin run --rm -T admin\n" if is_admin else "",
         admin_phony=" submit wait" if is_admin else "",
         admin_status_help="; the server's jobs" if is_admin else (", the tracking spool" if is_site else ""),
-        up=up,
-        status=status, admin_targets=ADMIN_TARGETS if is_admin else "")
+        up=up, status=status, admin_targets=ADMIN_TARGETS if is_admin else "")
+
+
+def readme(project: Project, part: str, images: list) -> str:
+    server, is_admin, is_site = project.server["name"], part == project.admin["name"], part in project.sites
     role = "the FL server" if part == server else ("the admin (submits jobs)" if is_admin else "a site")
     steps = ["## Steps", ""]
     if part == server:
@@ -111,22 +125,26 @@ def bundle_files(project: Project, part: str, images: list) -> dict:
         else:
             steps += ["2. `make up` checks that the server answers and every site is connected; `make submit`, then "
                       "`make wait`."]
+    return README.format(
+        name=part, role=role, project=project.name,
+        images_note=" (the images are in images/: `make up` loads them)" if images
+        else " and the images " + ", ".join(f"`{i}`" for i in bundle_images(project, part)) + " (or a bundle made "
+        "with `BUNDLE_IMAGES=1`)",
+        secrets_row="| `secrets/` | the site's MLflow passwords (admin, forwarder) and session key |\n" if is_site else "",
+        admin_cmds=", `make submit`, `make wait`" if is_admin else "",
+        images_row="| `images/` | the Docker images (`docker save`), for an air-gapped host |\n" if images else "",
+        steps="\n".join(steps))
+
+
+def bundle_files(project: Project, part: str, images: list) -> dict:
+    """{relative path: text} of a participant's bundle, besides its kit and secrets."""
     files = {
         "docker-compose.yml": compose_text(project, part, os.environ.get("GPUS", "")),  # a site host's GPUs: the GPUS knob
-        ".env": "# Knobs for this bundle's `make` targets and docker compose. No secrets belong here.\n"
-                + "\n".join(env) + "\n",
-        "Makefile": makefile,
-        "README.md": README.format(
-            name=part, role=role, project=project.name,
-            images_note=" (the images are in images/: `make up` loads them)" if images
-            else " and the images " + ", ".join(f"`{i}`" for i in bundle_images(project, part)) + " (or a bundle made "
-            "with `BUNDLE_IMAGES=1`)",
-            secrets_row="| `secrets/` | the site's MLflow passwords (admin, forwarder) and session key |\n" if is_site else "",
-            admin_cmds=", `make submit`, `make wait`" if is_admin else "",
-            images_row="| `images/` | the Docker images (`docker save`), for an air-gapped host |\n" if images else "",
-            steps="\n".join(steps)),
+        ".env": env_file(project, part),
+        "Makefile": makefile(project, part, images),
+        "README.md": readme(project, part, images),
     }
-    if is_admin:
+    if part == project.admin["name"]:
         with open(project.path) as f:
             files["project.yml"] = f.read()  # the job takes its sites and their tracking URIs from it
     return files
@@ -145,51 +163,27 @@ def load_lines(project: Project, part: str, bundled: list) -> str:
 
 
 def image_file(image: str) -> str:
-    """fedtrack/flare:2.9.0 -> images/flare.tar (made by stack/bundles.sh with docker save)."""
+    """fedtrack/flare:<version> -> images/flare.tar (made by stack/bundles.sh with docker save)."""
     return f"images/{image.split('/')[-1].split(':')[0]}.tar"
 
 
 def bundle_images(project: Project, part: str) -> list:
-    images = ["fedtrack/flare:" + os.environ.get("NVFLARE_VERSION", "2.9.0")]
+    images = ["fedtrack/flare:" + pin("nvflare")]
     if part in project.sites:
-        images.append("fedtrack/mlflow:" + os.environ.get("MLFLOW_VERSION", "3.17.2"))
+        images.append("fedtrack/mlflow:" + pin("mlflow"))
     return images
 
 
-def copy_tree(src: str, dst: str):
-    """Copy with each file's mode and owner (kits' keys stay 0600 for the containers' user)."""
-    shutil.copytree(src, dst, copy_function=shutil.copy2, symlinks=True)
-    for d, dirs, files in os.walk(src):
-        for name in dirs + files:
-            s = os.path.join(d, name)
-            st = os.lstat(s)
-            os.lchown(os.path.join(dst, os.path.relpath(s, src)), st.st_uid, st.st_gid)
-    st = os.stat(src)
-    os.chown(dst, st.st_uid, st.st_gid)
-
-
-def write_bundle(project: Project, kits: str, dist: str, part: str, owner: tuple, images: list):
-    """dist/<part>/, made aside and moved in place: a second run gives the same files."""
-    kit = os.path.join(kits, project.name, "prod_00", part)
-    if not os.path.isfile(os.path.join(kit, "startup", "rootCA.pem")):
+def stage(project: Project, kits: str, out: str, part: str, images: list) -> str:
+    """Write part's text files into out/<part>/; return its line for stack/bundles.sh: NAME KIT [SECRETS]."""
+    kit = os.path.join(project.name, "prod_00", part)
+    if not os.path.isfile(os.path.join(kits, kit, "startup", "rootCA.pem")):
         raise ProjectError(f"no startup kit for {part} in {kits}; run `make provision` first")
-    tmp, final = os.path.join(dist, f".{part}.new"), os.path.join(dist, part)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    copy_tree(kit, os.path.join(tmp, "kit"))
-    if part in project.sites:
-        copy_tree(os.path.join(kits, "secrets", part), os.path.join(tmp, "secrets"))
+    os.makedirs(os.path.join(out, part))
     for rel, text in bundle_files(project, part, images).items():
-        path = os.path.join(tmp, rel)
-        with open(path, "w") as f:
+        with open(os.path.join(out, part, rel), "w") as f:
             f.write(text)
-        os.chown(path, *owner)
-    os.chown(tmp, *owner)
-    # No other participant's private key and never the root CA's: a kit holds only its own.
-    keys = [os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".key")]
-    assert keys == ["kit/startup/client.key"] or keys == ["kit/startup/server.key"], keys
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+    return " ".join([part, kit] + ([os.path.join("secrets", part)] if part in project.sites else []))
 
 
 def main(argv: list) -> int:
@@ -198,18 +192,21 @@ def main(argv: list) -> int:
         return 2
     try:
         project = Project(argv[0])
-        kits, dist, names = argv[1], argv[2], argv[3:]
+        kits, out, names = argv[1], argv[2], argv[3:]
         unknown = [n for n in names if n not in project.participants()]
         if unknown:
             raise ProjectError(f"{unknown[0]} is not a participant in the project; "
                                f"the participants are: {', '.join(project.participants())}")
-        owner = tuple(int(x) for x in os.environ.get("HOST_OWNER", "0:0").split(":"))
-        images = os.environ.get("BUNDLE_IMAGES_LIST", "").split()
+        wanted = os.environ.get("BUNDLE_IMAGES_LIST", "").split()
         for part in names or project.participants():
-            write_bundle(project, kits, dist, part, owner, [i for i in bundle_images(project, part) if i in images])
-            print(f"bundle for {part}: {os.path.join(os.environ.get('DIST_SHOWN', dist), part)}")
-    except ProjectError as e:
+            print(stage(project, kits, out, part, [i for i in bundle_images(project, part) if i in wanted]))
+    except (ProjectError, PinError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name != "yaml":
+            raise
+        print(f"error: {NO_YAML}", file=sys.stderr)
         return 2
     return 0
 

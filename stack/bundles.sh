@@ -5,19 +5,19 @@
 # written once under DIST/.images/ and hard-linked into each bundle that needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${COMPOSE:=docker compose}" "${NVFLARE_VERSION:?}" "${MLFLOW_VERSION:?}" "${KITS_ROOT:?}" "${DIST:=dist}"
-FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION MLFLOW_IMAGE=fedtrack/mlflow:$MLFLOW_VERSION
+: "${COMPOSE:=docker compose}" "${KITS_ROOT:?}" "${DIST:=dist}"
 die() { echo "error: $*" >&2; exit 2; }
+# The images' tags: the pins (requirements.txt).
+NVFLARE_VERSION=$(python3 -m fedtrack.pins nvflare) MLFLOW_VERSION=$(python3 -m fedtrack.pins mlflow)
+FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION MLFLOW_IMAGE=fedtrack/mlflow:$MLFLOW_VERSION
 
 # The compose file and the kits must match the project: as `make up` makes them.
 stack/up.sh --compose-file
-names=$(docker run --rm --network none --read-only --cap-drop ALL --entrypoint python3 \
-  -v "$PWD/stack/topology.py:/topology.py:ro" -v "$PWD/provision/project.yml:/project.yml:ro" \
-  "$FLARE_IMAGE" /topology.py participants /project.yml)
-wanted=(${PARTICIPANT//,/ })
+names=$(python3 -m stack.topology participants provision/project.yml)
+IFS=", " read -r -a wanted <<<"${PARTICIPANT:-}"
 for name in "${wanted[@]}"; do
   grep -qxF -- "$name" <<<"$names" \
-    || die "PARTICIPANT=$name is not in provision/project.yml; the participants are: $(echo $names | sed 's/ /, /g')"
+    || die "PARTICIPANT=$name is not in provision/project.yml; the participants are: ${names//$'\n'/, }"
 done
 $COMPOSE run --rm -T provision
 
@@ -25,13 +25,40 @@ mkdir -p "$DIST"
 dist=$(cd "$DIST" && pwd -P) kits=$(cd "$KITS_ROOT" && pwd -P)
 images=()
 [ "${BUNDLE_IMAGES:-0}" != 1 ] || images=("$FLARE_IMAGE" "$MLFLOW_IMAGE")
-# Root in the container: the kits' keys are readable by the containers' user alone; copies keep their owner.
-docker run --rm --network none --read-only --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE \
-  --cap-add FOWNER --entrypoint python3 \
-  -e HOST_OWNER="$(id -u):$(id -g)" -e NVFLARE_VERSION -e MLFLOW_VERSION -e BUNDLE_IMAGES_LIST="${images[*]}" ${GPUS:+-e GPUS} \
-  -e DIST_SHOWN="$DIST" -v "$PWD/stack/topology.py:/stack/topology.py:ro" -v "$PWD/stack/bundle.py:/stack/bundle.py:ro" \
-  -v "$PWD/provision/project.yml:/project.yml:ro" -v "$kits:/kits:ro" -v "$dist:/dist" \
-  "$FLARE_IMAGE" /stack/bundle.py /project.yml /kits /dist ${wanted[@]+"${wanted[@]}"}
+# The bundles' text files, on the host (stack/bundle.py): each participant's in $stage/<name>/.
+stage=$(mktemp -d "$dist/.stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+parts=$(BUNDLE_IMAGES_LIST="${images[*]}" python3 -m stack.bundle provision/project.yml "$kits" "$stage" \
+  ${wanted[@]+"${wanted[@]}"})
+
+# Root, in a throwaway container with no Python of ours: the kits' keys and the sites' secrets are
+# readable by the containers' users alone, and an old bundle holds files only root may remove. Per
+# participant (NAME KIT [SECRETS], paths in KITS): copy its text files, kit and secrets with their
+# owners and modes into dist/.<name>.new, check that it holds its own private key and no other, then
+# swap it for dist/<name>.
+# shellcheck disable=SC2016 # the container's sh expands these
+COPY='set -eu
+owner=$1; shift
+while read -r name kit secrets; do
+  new=/dist/.$name.new old=/dist/.$name.old
+  rm -rf "$new" "$old"
+  cp -a "/stage/$name" "$new"
+  cp -a "/kits/$kit" "$new/kit"
+  [ -z "$secrets" ] || cp -a "/kits/$secrets" "$new/secrets"
+  chown "$owner" "$new"
+  keys=$(cd "$new" && find . -name "*.key" | sort | tr "\n" " ")
+  case "$keys" in
+    "./kit/startup/client.key " | "./kit/startup/server.key ") ;;
+    *) echo "error: the bundle of $name would hold these private keys: $keys(only its own)" >&2; rm -rf "$new"; exit 1 ;;
+  esac
+  [ ! -e "/dist/$name" ] || mv "/dist/$name" "$old"
+  mv "$new" "/dist/$name"
+  rm -rf "$old"
+done'
+docker run --rm -i --network none --read-only --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE \
+  --cap-add FOWNER -v "$kits:/kits:ro" -v "$stage:/stage:ro" -v "$dist:/dist" --entrypoint sh \
+  "$FLARE_IMAGE" -c "$COPY" sh "$(id -u):$(id -g)" <<<"$parts"
+while read -r name _; do echo "bundle for $name: $DIST/$name"; done <<<"$parts"
 
 [ ${#images[@]} -gt 0 ] || exit 0
 mkdir -p "$dist/.images"

@@ -32,8 +32,7 @@ volumes() { docker volume ls -q --filter "label=com.docker.compose.project=$COMP
 
 # undelivered VOLUME: the records a site's spool still holds, read in a throwaway container.
 undelivered() {
-  docker run --rm --network none -v "$1:/workspace" --entrypoint python3 "$IMAGE" \
-    /opt/fedtrack/job/spool.py count /workspace/tracking-spool
+  docker run --rm --network none -v "$1:/workspace" --entrypoint fedtrack-spool "$IMAGE" count
 }
 
 clean_all() {

@@ -1,17 +1,15 @@
 """Per-site tracking status, read from each site's MLflow through its published UI port, logged in as
 the site's MLflow admin (passwords from the secrets `make provision` made).
 
-    python3 stack/status.py [--secrets DIR] SITE=http://127.0.0.1:PORT ...
+    python3 -m stack.status [--secrets DIR] SITE=http://127.0.0.1:PORT ...     (from the checkout's root)
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mlflow_rest import MLflowREST, tags  # noqa: E402
-
-METRICS = ("train_loss", "accuracy", "local_accuracy")
+from fedtrack.names import METRICS
+from stack.mlflow_rest import MLflowREST, tags
 
 
 def admin_login(secrets: str, site: str):

@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 compose() { $COMPOSE "$@"; }
 
 compose ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
-compose run --rm -T admin python3 stack/flare_admin.py status
+compose run --rm -T admin fedtrack-admin status
 for site in $(compose config --services | sed -n 's/^mlflow-//p'); do
   if addr=$(compose port "mlflow-$site" 5000 2>/dev/null) && [ -n "$addr" ]; then
-    python3 stack/status.py --secrets "$KITS_ROOT/secrets" "$site=http://$addr"
+    python3 -m stack.status --secrets "$KITS_ROOT/secrets" "$site=http://$addr"
   else
     echo "$site: its MLflow is not running"
   fi
   printf '%s tracking spool: ' "$site"
-  compose exec -T "$site" python3 /opt/fedtrack/job/spool.py status /workspace/tracking-spool || echo "(site not running)"
+  compose exec -T "$site" fedtrack-spool status || echo "(site not running)"
 done

@@ -2,9 +2,9 @@
 # `make up`: the compose file from provision/project.yml, kits, services, then the job (unless a job
 # of the same name is still running) as soon as the server and every site's client answer; then it
 # waits for every site's MLflow. Returns while the job trains. `up.sh --submit` submits another job
-# to the running stack (`make submit`). `up.sh --urls` prints each site's UI link. `up.sh --knobs` only
-# checks the knobs (before the images are built); `--check` the project too once the FLARE image exists
-# (and, with GPUS, that containers get the GPUs); `--compose-file` only writes the compose file.
+# to the running stack (`make submit`). `up.sh --urls` prints each site's UI link. `up.sh --knobs` checks
+# the knobs and the project on the host (before the images are built); `--check` too, and, with GPUS and
+# the FLARE image present, that containers get the GPUs; `--compose-file` only writes the compose file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker compose}" "${JOB_NAME:?}" "${ROUNDS:=}" "${DATASET:?}" "${NVFLARE_VERSION:?}"
@@ -14,40 +14,28 @@ die() { echo "error: $*" >&2; exit 2; }
 # Each site's UI, where compose published it (`make up` ends with these, `make wait` too: `--urls`).
 ui_urls() {
   local site url view
-  view=$(sed -n 's/^UI_VIEW = "\(.*\)"$/\1/p' stack/topology.py)  # the model-training view
+  view=$(python3 -m stack.topology ui-view)  # the model-training view (fedtrack/project.py UI_VIEW)
   for site in $(compose config --services | sed -n 's/^mlflow-//p'); do
     url=$(compose port "mlflow-$site" 5000 2>/dev/null) && url="http://$url$view" || url="not running (make up)"
     printf '  %-16s %s\n' "$site MLflow:" "$url"
   done
+  echo "  log in with an account from: make mlflow-user SITE=<site> USER=<you>"
 }
 [ "${1:-}" != --urls ] || { ui_urls; exit 0; }
 FLARE_IMAGE=fedtrack/flare:$NVFLARE_VERSION
 
-# stack/topology.py runs in the FLARE image (its Python has PyYAML; the host's may not).
+# The compose generator runs on the host (python3 with PyYAML; it says so in one line when PyYAML is
+# missing). It reads GPUS and MLFLOW_PORT_<SITE> from the environment (the Makefile exports them).
 topology() {
-  local var overrides=()
-  for var in $(compgen -e | grep '^MLFLOW_PORT_' || true); do overrides+=(-e "$var"); done
-  docker run --rm --network none --read-only --cap-drop ALL --user "$(id -u):$(id -g)" --entrypoint python3 \
-    ${overrides[@]+"${overrides[@]}"} ${GPUS:+-e GPUS} \
-    -v "$PWD/stack/topology.py:/topology.py:ro" -v "$PWD/provision/project.yml:/project.yml:ro" \
-    "$FLARE_IMAGE" /topology.py "$@" /project.yml
+  python3 -m stack.topology "$@" provision/project.yml
 }
 
 # Bad input is one line saying what to fix, before anything is built or started (`make check`).
 check_knobs() {
-  [ -z "$ROUNDS" ] || { [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 10000 ]; } \
-    || die "ROUNDS=$ROUNDS: give a whole number of rounds from 1 to 10000"
-  case "$DATASET" in digits|cifar10) ;; *) die "DATASET=$DATASET: use digits (bundled) or cifar10";; esac
-  [[ "$JOB_NAME" =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || die "JOB_NAME=$JOB_NAME: use lowercase letters, digits, '-' and '_'"
-  [ -z "${TORCH_THREADS:-}" ] || [[ "$TORCH_THREADS" =~ ^[0-9]+$ ]] || die "TORCH_THREADS=$TORCH_THREADS: give a whole number (0: torch's default)"
-  [ -z "${LOCAL_EPOCHS:-}" ] || { [[ "$LOCAL_EPOCHS" =~ ^[0-9]+$ ]] && [ "$LOCAL_EPOCHS" -ge 1 ] && [ "$LOCAL_EPOCHS" -le 1000 ]; } \
-    || die "LOCAL_EPOCHS=$LOCAL_EPOCHS: give a whole number of epochs per round from 1 to 1000"
-  [ -z "${BATCH_SIZE:-}" ] || { [[ "$BATCH_SIZE" =~ ^[0-9]+$ ]] && [ "$BATCH_SIZE" -ge 1 ] && [ "$BATCH_SIZE" -le 65536 ]; } \
-    || die "BATCH_SIZE=$BATCH_SIZE: give a whole number from 1 to 65536"
-  [ -z "${LR:-}" ] || { [[ "$LR" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE]-?[0-9]+)?$ ]] && awk -v x="$LR" 'BEGIN { exit !(x > 0 && x <= 10) }'; } \
-    || die "LR=$LR: give a learning rate above 0 and at most 10 (e.g. 0.02)"
-  # topology.py reads GPUS for the compose file: its own check, on the host (it needs no PyYAML for this).
-  if [ -n "${GPUS:-}" ]; then GPU_FLAG=$(python3 stack/topology.py gpus) || exit 2; fi
+  # Every knob of the job (ROUNDS, LR, ...) as fedtrack-job checks it: fedtrack/knobs.py, stdlib only.
+  python3 -m fedtrack.knobs || exit 2
+  # The compose generator reads GPUS: its own check, as `docker run --gpus` takes it.
+  if [ -n "${GPUS:-}" ]; then GPU_FLAG=$(python3 -m stack.topology gpus) || exit 2; fi
   if [ "$DATASET" = cifar10 ] && [ ! -f "${DATA_DIR:-./data}/cifar-10-batches-py/batches.meta" ]; then
     die "CIFAR-10 not found in ${DATA_DIR:-./data}: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there, or set DATASET=digits"
   fi
@@ -81,23 +69,25 @@ job_args() {
 }
 
 check_knobs
-[ "${1:-}" != --knobs ] || exit 0
+[ "${1:-}" != --knobs ] || { check_project; exit 0; }
 if [ "${1:-}" = --submit ]; then
   [ -n "$(compose ps -q --status running server 2>/dev/null)" ] || die "the stack is not running: \`make up\` first"
   # shellcheck disable=SC2046 # job_args's words are the knobs checked above: no spaces, no globs
-  out=$(admin python3 job/job.py $(job_args) 2>&1) || { echo "$out" >&2; exit 1; }
+  out=$(admin fedtrack-job $(job_args) 2>&1) || { echo "$out" >&2; exit 1; }
   echo "Submitted job $(sed -n 's/^submitted job //p' <<<"$out" | tail -n1) ($(sed -n 's/^job plan: //p' <<<"$out")): a new run at each site."
   echo "Wait for it with \`make wait\`."
   exit 0
 fi
 if [ "${1:-}" = --check ]; then
-  if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_project; check_gpus; fi
+  check_project
+  if docker image inspect "$FLARE_IMAGE" >/dev/null 2>&1; then check_gpus; fi
   exit 0
 fi
 # Bundles (--compose-file) are for other hosts: only the host that starts the services is checked.
 [ "${1:-}" = --compose-file ] || check_gpus
 
-# One container run checks the project and writes the compose file; written again only when the sites (or GPUS) changed.
+# One run of the generator checks the project and writes the compose file; written again only when it changed
+# (the sites, GPUS, or stack/compose.template.yml).
 topology plan > .docker-compose.yml.new || { rm -f .docker-compose.yml.new; exit 2; }
 SITES=() PORTS=()
 for spec in $(head -n1 .docker-compose.yml.new); do SITES+=("${spec%%=*}") PORTS+=("${spec#*=}"); done
@@ -127,7 +117,7 @@ compose up -d --remove-orphans
 # One admin session: it waits for the sites while the job is built, then submits it unless a job of
 # this name still runs. The job takes its sites and tracking URIs from the project (mounted there).
 # shellcheck disable=SC2046 # as in --submit
-out=$(admin python3 job/job.py $(job_args) --once --ready-timeout "${UP_TIMEOUT:-600}" 2>&1) || { echo "$out" >&2; exit 1; }
+out=$(admin fedtrack-job $(job_args) --once --ready-timeout "${UP_TIMEOUT:-600}" 2>&1) || { echo "$out" >&2; exit 1; }
 if job_id=$(sed -n 's/^running job //p' <<<"$out") && [ -n "$job_id" ]; then
   echo "Job $job_id ($JOB_NAME) is still running: not submitting another."
 else

@@ -4,7 +4,7 @@ import os
 import time
 import zipfile
 
-from mlflow_rest import MLflowREST, params, tags
+from stack.mlflow_rest import MLflowREST, params, tags
 from support import SITES  # provision/project.yml's clients, read once in support.py
 
 METRICS = ("train_loss", "accuracy", "local_accuracy")
@@ -104,7 +104,7 @@ def check_final_model(uri: str, run: dict, site: str, rounds: int, dataset: str 
     import torch
     from torch.utils.data import DataLoader
 
-    from data import load_site_data
+    from fedtrack.job.data import load_site_data
 
     with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}):
         model = mlflow.pytorch.load_model(f"runs:/{run['info']['run_id']}/model")

@@ -1,28 +1,15 @@
-"""Shared fixtures: real MLflow servers and a real provisioned FL system, as local processes."""
+"""Each test is marked by its tier's folder (tests/processes: `processes`, tests/integration: `docker`), so
+`-m "not processes and not docker"` and `make test-unit` mean the same tests."""
+
+import os
 
 import pytest
 
-from support import SITES, FlareSystem, MLflowServer
+TIERS = {"processes": pytest.mark.processes, "integration": pytest.mark.docker}
 
 
-@pytest.fixture(scope="session")
-def mlflow_servers(tmp_path_factory):
-    """Two real MLflow tracking servers, one per site, on free loopback ports."""
-    root = tmp_path_factory.mktemp("mlflow")
-    servers = {}
-    try:
-        for site in SITES:
-            servers[site] = MLflowServer(site, str(root / site)).start()
-        yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
-
-
-@pytest.fixture(scope="session")
-def flare_system(tmp_path_factory):
-    system = FlareSystem(str(tmp_path_factory.mktemp("flare")))
-    try:
-        yield system.start()
-    finally:
-        system.stop()
+def pytest_collection_modifyitems(items):
+    for item in items:
+        tier = TIERS.get(os.path.basename(os.path.dirname(str(item.fspath))))
+        if tier is not None:
+            item.add_marker(tier)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from checks import SITES, site_run
+from integration.deployment import Deployment
 from support import ROOT, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
@@ -36,32 +37,11 @@ def idle(stack):
     stack.make("wait", timeout=1800, check=False)
 
 
-def submit(stack, name: str, rounds: int, *extra: str) -> str:
-    out = stack.admin("python3", "job/job.py", "--env", "prod", "--startup-kit", "/kit", "--no-wait", "--name", name,
-                      "--rounds", str(rounds), "--data-dir", "/data", *extra).stdout
-    return re.search(r"submitted job (\S+)", out).group(1)
-
-
-def rounds_begun(stack, site: str, name: str) -> int:
-    """Rounds the site has begun (one `accuracy` point each), as its MLflow shows now."""
-    try:
-        server = stack.mlflow(site)
-        exp = server.experiment_by_name(f"{name}-{site}")
-        runs = server.runs([exp["experiment_id"]]) if exp else []
-        return len(server.history(runs[0]["info"]["run_id"], "accuracy")) if runs else 0
-    except OSError:
-        return 0
-
-
-def wait_for_round(stack, site: str, name: str, rnd: int):
-    wait_until(lambda: rounds_begun(stack, site, name) >= rnd, 600, f"round {rnd} at {site}")
-
-
 def job_in_round_2(stack, suffix: str) -> tuple:
     """(name, job id) of a new 30-round job, once SITE has begun its round 2."""
     name = f"{stack.job_name}-{suffix}"
-    job_id = submit(stack, name, rounds=30)
-    wait_for_round(stack, SITE, name, 2)
+    job_id = stack.submit(name, 30)
+    stack.wait_for_round(SITE, name, 2)
     return name, job_id
 
 
@@ -76,8 +56,7 @@ def health(stack, service: str) -> str:
 
 
 def spool_line(stack, site: str) -> str:
-    return stack.compose("exec", "-T", site, "python3", "/opt/fedtrack/job/spool.py", "status",
-                         "/workspace/tracking-spool").stdout.strip()
+    return stack.compose("exec", "-T", site, "fedtrack-spool", "status").stdout.strip()
 
 
 def make_wait_fails(stack, job_id: str, status: str) -> str:
@@ -98,10 +77,9 @@ def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_
     name = f"{stack.job_name}-abort"
     stack.compose("stop", f"mlflow-{SITE}")
     try:
-        job_id = submit(stack, name, rounds=30)
-        wait_for_round(stack, OTHER, name, 1)
-        wait_until(lambda: int(stack.compose("exec", "-T", SITE, "python3", "/opt/fedtrack/job/spool.py", "count",
-                                             "/workspace/tracking-spool").stdout.strip() or 0) > 0, 300,
+        job_id = stack.submit(name, 30)
+        stack.wait_for_round(OTHER, name, 1)
+        wait_until(lambda: int(stack.compose("exec", "-T", SITE, "fedtrack-spool", "count").stdout.strip() or 0) > 0, 300,
                    f"records in {SITE}'s spool")
         volumes = stack.compose("config", "--volumes").stdout.split()
         refused = stack.make("clean", check=False, extra=["CONFIRM=yes"])
@@ -115,7 +93,7 @@ def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_
         left = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.name}"],
                               capture_output=True, text=True).stdout.split()
         assert sorted(f"{stack.name}_{v}" for v in volumes) == sorted(left), "make clean removed a volume it refused"
-        assert rounds_begun(stack, OTHER, name) >= 1 and stack.compose("ps", "-q", SITE).stdout.strip()
+        assert stack.rounds_begun(OTHER, name) >= 1 and stack.compose("ps", "-q", SITE).stdout.strip()
 
         stack.admin_python("print(sess.abort_job(sys.argv[1]))", job_id)
         make_wait_fails(stack, job_id, "FINISHED:ABORTED")
@@ -191,12 +169,11 @@ def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
     (ca / "cert.json").write_text("{}")
     (kits / "canary.txt").write_text("mine")
     (ca / "canary.txt").write_text("mine")
-    result = subprocess.run(["make", "--no-print-directory", "clean", f"COMPOSE_PROJECT_NAME=fedtrack-canary-{os.getpid()}",
-                             f"KITS_ROOT={kits}", f"CA_DIR={ca}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    canary = Deployment(ROOT, {"COMPOSE_PROJECT_NAME": f"fedtrack-canary-{os.getpid()}", "KITS_ROOT": kits, "CA_DIR": ca})
+    result = canary.make("clean", timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(os.listdir(kits)) == ["canary.txt"] and sorted(os.listdir(ca)) == ["canary.txt"]
-    refused = subprocess.run(["make", "--no-print-directory", "clean-kits", "KITS_ROOT=."], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    refused = Deployment(ROOT, {"KITS_ROOT": "."}).make("clean-kits", timeout=120, check=False)
     assert refused.returncode != 0 and "refusing to clean ." in refused.stderr, refused.stderr
 
 
@@ -217,14 +194,14 @@ def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_
     stack.compose("exec", "-T", SITE, "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
     wait_until(lambda: health(stack, SITE) == "unhealthy", 60, f"{SITE} unhealthy with a full spool")
     # No system metrics: their count would depend on the job's length; the sum below counts what the script logs.
-    job_id = submit(stack, name, rounds, "--system-metrics-interval", "0")
-    wait_for_round(stack, OTHER, name, 2)
+    job_id = stack.submit(name, rounds, "--system-metrics-interval", "0")
+    stack.wait_for_round(OTHER, name, 2)
     wait_until(lambda: "FAILING now" in spool_line(stack, SITE), 120, f"{SITE}'s failed writes in its status")
     status = stack.make("status").stdout
     lost_then = int(re.search(rf"{re.escape(SITE)} tracking spool: .* (\d+) lost \(spool write failed\); "
                               r"spool writes are FAILING now", status).group(1))
     assert lost_then > 0, status
-    assert rounds_begun(stack, OTHER, name) < rounds - 2, "the job ended before space returned: give it more rounds"
+    assert stack.rounds_begun(OTHER, name) < rounds - 2, "the job ended before space returned: give it more rounds"
     stack.compose("exec", "-T", SITE, "rm", "/workspace/tracking-spool/filler")
     wait_until(lambda: health(stack, SITE) == "healthy", 60, f"{SITE} healthy once space returns")
     assert f"job {job_id} FINISHED:COMPLETED" in stack.make("wait", timeout=900).stdout

@@ -3,24 +3,17 @@ its own, since another project is another compose file and other kits: a copy of
 
 import os
 import re
-import subprocess
 
 import pytest
 
 from checks import PROBE, check_only_own_runs, check_site_run, site_run
-from mlflow_rest import MLflowREST
+from integration.deployment import Deployment, run
 from support import ROOT, copy_checkout, free_port, write_project
 
 pytestmark = pytest.mark.docker
 
 NEW_SITES = ("north", "south", "east")  # names no file of the checkout uses
 ROUNDS = 2
-
-def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} in {cwd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -31,63 +24,54 @@ def three_sites(tmp_path_factory):
     copy_checkout(checkout)
     ports = {s: free_port() for s in NEW_SITES}
     write_project(os.path.join(checkout, "provision", "project.yml"), ports)
-    name = f"fedtrack-sites-{os.getpid()}"
-    make_vars = [f"COMPOSE_PROJECT_NAME={name}", f"JOB_NAME=three-{os.getpid()}", f"ROUNDS={ROUNDS}",
-                 f"KITS_ROOT={root / 'kits'}", f"CA_DIR={root / 'ca'}", f"DATA_DIR={root / 'data'}"]
-
-    def make(target, check=True, extra=()):
-        return run(["make", "--no-print-directory", target, *make_vars, *extra], checkout, check=check)
-
+    sites = Deployment(checkout, {"COMPOSE_PROJECT_NAME": f"fedtrack-sites-{os.getpid()}", "JOB_NAME": f"three-{os.getpid()}",
+                                  "ROUNDS": ROUNDS, "KITS_ROOT": root / "kits", "CA_DIR": root / "ca", "DATA_DIR": root / "data"},
+                       ports=ports)
     try:
-        yield {"make": make, "checkout": checkout, "ports": ports, "name": name, "kits": root / "kits",
-               "job_name": f"three-{os.getpid()}"}
+        yield sites
     finally:
         if os.environ.get("FEDTRACK_DUMP_LOGS"):
-            print(run(["docker", "compose", "logs", "--no-color", "--tail", "200"], checkout, check=False,
-                      env=dict(os.environ, COMPOSE_PROJECT_NAME=name)).stdout[-20000:])
-        make("clean", check=False, extra=["CONFIRM=yes", "DISCARD_UNDELIVERED=yes"])
+            print(sites.logs(tail=200)[-20000:])
+        sites.clean()
 
 
 def test_three_sites_on_one_host(three_sites):
-    out = three_sites["make"]("up").stdout
+    out = three_sites.make("up").stdout
     assert "docker-compose.yml: written again from provision/project.yml (sites: north south east)" in out, out
     job_id = re.search(r"job id:\s+(\S+)", out).group(1)
-    for site, port in three_sites["ports"].items():
+    for site, port in three_sites.ports.items():
         assert f"{site} MLflow:" in out and f"http://127.0.0.1:{port}" in out, out
-    waited = three_sites["make"]("wait").stdout
+    waited = three_sites.make("wait").stdout
     assert f"job {job_id} FINISHED:COMPLETED" in waited, waited
 
-    compose = lambda *a, check=True: run(["docker", "compose", *a], three_sites["checkout"], check=check,  # noqa: E731
-                                         env=dict(os.environ, COMPOSE_PROJECT_NAME=three_sites["name"]))
-    for site, port in three_sites["ports"].items():
-        with open(three_sites["kits"] / "secrets" / site / "mlflow" / "admin_password") as f:
-            server = MLflowREST(f"http://127.0.0.1:{port}", auth=("admin", f.read().strip()))
-        run_ = site_run(server, f"{three_sites['job_name']}-{site}", site, job_id)
+    for site in three_sites.ports:
+        server = three_sites.mlflow(site)
+        run_ = site_run(server, f"{three_sites.job_name}-{site}", site, job_id)
         check_site_run(server, run_, site, ROUNDS)
         check_only_own_runs(server, site, NEW_SITES)
         # Unreachable from the server and from the other two sites, on every network it is on.
-        cid = compose("ps", "-q", f"mlflow-{site}").stdout.strip()
+        cid = three_sites.compose("ps", "-q", f"mlflow-{site}").stdout.strip()
         ips = run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid], ROOT).stdout.split()
         assert len(ips) == 2, ips
         for outsider in ["server", *[s for s in NEW_SITES if s != site]]:
-            probe = compose("exec", "-T", outsider, "python3", "-c", PROBE, f"mlflow-{site}", *ips, check=False)
+            probe = three_sites.exec_python(outsider, PROBE, f"mlflow-{site}", *ips)
             assert probe.stdout.split() == ["no-resolve", "unreachable", "unreachable"], f"{outsider} -> mlflow-{site}: {probe.stdout}{probe.stderr}"
-        own = compose("exec", "-T", site, "python3", "-c", PROBE, f"mlflow-{site}", check=False)
+        own = three_sites.exec_python(site, PROBE, f"mlflow-{site}")
         assert own.stdout.split() == ["resolved"], own.stdout
     # Every run delivered (FINISHED above): `make status` shows each site, nothing left in a spool.
-    status = three_sites["make"]("status").stdout
-    for site, port in three_sites["ports"].items():
+    status = three_sites.make("status").stdout
+    for site, port in three_sites.ports.items():
         assert f"{site} http://127.0.0.1:{port}: 1 run(s); latest (job {job_id}) FINISHED" in status, status
         assert re.search(rf"(?m)^{site} tracking spool: 0 record\(s\) spooled and undelivered", status), status
 
 
 def test_removing_a_site_asks_for_new_kits(three_sites):
-    project = os.path.join(three_sites["checkout"], "provision", "project.yml")
+    project = os.path.join(three_sites.folder, "provision", "project.yml")
     with open(project) as f:
         kept = f.read()
-    write_project(project, {s: p for s, p in three_sites["ports"].items() if s != "east"})
+    write_project(project, {s: p for s, p in three_sites.ports.items() if s != "east"})
     try:
-        result = three_sites["make"]("up", check=False)
+        result = three_sites.make("up", check=False)
         assert result.returncode != 0
         assert "provision/project.yml changed since the kits were made; run `make clean-kits`, then `make up`" in result.stderr, result.stderr
     finally:

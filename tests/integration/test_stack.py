@@ -13,7 +13,6 @@ import time
 import pytest
 
 from checks import PROBE, SITES, accuracy_by_round, check_only_own_runs, check_site_run, files_holding, metric_strings, site_run
-from support import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -72,14 +71,14 @@ def test_a_sites_mlflow_is_invisible_to_the_server_and_the_other_site(stack, sit
     ips = mlflow_ips(stack, site)
     for service in outsiders:
         for ip in ips.values():
-            result = stack.compose("exec", "-T", service, "python3", "-c", PROBE, f"mlflow-{site}", ip, check=False)
+            result = stack.exec_python(service, PROBE, f"mlflow-{site}", ip)
             assert result.stdout.split() == ["no-resolve", "unreachable"], f"{service} -> mlflow-{site} {ip}: {result.stdout}{result.stderr}"
         # Nor through the host: the UI port is published on the host's loopback only.
         host = gateway(stack, f"{site}-ui")
         code = f"import socket\ntry:\n socket.create_connection(('{host}', {stack.ports[site]}), 3); print('reached')\nexcept OSError:\n print('unreachable')"
         assert stack.exec_python(service, code).stdout.strip() == "unreachable"
     # ...while its own client resolves and reaches it on their private network.
-    result = stack.compose("exec", "-T", site, "python3", "-c", PROBE, f"mlflow-{site}", ips[f"{stack.name}_{site}"], check=False)
+    result = stack.exec_python(site, PROBE, f"mlflow-{site}", ips[f"{stack.name}_{site}"])
     assert result.stdout.split()[0] == "resolved" and result.stdout.split()[-1] == "reached", result.stdout
 
 
@@ -110,21 +109,8 @@ def test_a_sites_mlflow_outage_loses_nothing(stack, histories):
     paused, absent = SITES[:2]
     name = f"{stack.job_name}-outage"
     stack.compose("stop", f"mlflow-{absent}")
-    out = stack.admin("python3", "job/job.py", "--env", "prod",
-                      "--startup-kit", "/kit", "--no-wait", "--name", name, "--rounds", str(stack.rounds),
-                      "--data-dir", "/data").stdout
-    job_id = re.search(r"submitted job (\S+)", out).group(1)
-    paused_server = stack.mlflow(paused)
-
-    def in_round_2():
-        try:
-            exp = paused_server.experiment_by_name(f"{name}-{paused}")
-            runs = paused_server.runs([exp["experiment_id"]]) if exp else []
-            return bool(runs) and len(paused_server.history(runs[0]["info"]["run_id"], "accuracy")) >= 2
-        except OSError:
-            return False
-
-    wait_until(in_round_2, 600, f"round 2 at {paused}")
+    job_id = stack.submit(name, stack.rounds)
+    stack.wait_for_round(paused, name, 2)
     stack.compose("stop", f"mlflow-{paused}")
     stopped = time.monotonic()
     status = stack.make("status").stdout

@@ -6,15 +6,14 @@ its own); runs after test_stack.py, whose first tests need the shared job still 
 import hashlib
 import os
 import re
-import subprocess
 
 import pytest
 
 from checks import check_only_own_runs, check_site_run, site_run
-from mlflow_rest import MLflowREST
+from fedtrack.project import Project, port_var
+from integration.deployment import Deployment, run
+from integration.test_sites import ROUNDS
 from support import ROOT, free_port
-from test_sites import ROUNDS, run
-from topology import Project, port_var
 
 pytestmark = pytest.mark.docker
 
@@ -69,7 +68,7 @@ def test_three_hosts_from_bundles(stack, tmp_path):
     stack.make("bundles", extra=[f"DIST={dist}"])
     # host-gateway is the default bridge's address on this host: publish the FL port there only.
     bridge = re.search(r"inet (\S+)/", run(["ip", "-4", "-o", "addr", "show", "docker0"], ROOT).stdout).group(1)
-    # Each "host" runs its bundle's make as a fresh shell would: none of this session's knobs.
+    # Each "host" runs its bundle's make and compose as a fresh shell would: none of this session's knobs.
     clean_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST", "DOCKER_CONFIG")}
     hosts, ports = {}, {site: free_port() for site in project.sites}
     job_name = f"hosts-{os.getpid()}"
@@ -86,44 +85,40 @@ def test_three_hosts_from_bundles(stack, tmp_path):
             env = re.sub(rf"(?m)^{key}=.*$", f"{key}={value}", env)
         with open(host / ".env", "w") as f:
             f.write(env)
-        hosts[part] = host
-    make = lambda part, *args, check=True: run(["make", "--no-print-directory", *args], hosts[part], check=check,  # noqa: E731
-                                               env=clean_env)
+        hosts[part] = Deployment(host, env=clean_env, ports={part: ports[part]} if part in project.sites else {})
     try:
         # Only the participant's own key: no other kit's, never the root CA's.
-        all_keys = {p: private_keys(hosts[p]) for p in hosts}
+        all_keys = {p: private_keys(hosts[p].folder) for p in hosts}
         for part, keys in all_keys.items():
             assert list(keys) == [f"kit/startup/{'server' if part == server else 'client'}.key"], (part, list(keys))
         with open(os.path.join(stack.ca, "cert.json"), "rb") as f:
             ca = f.read()
         for part, keys in all_keys.items():
             others = [k for p, ks in all_keys.items() if p != part for k in ks.values()]
-            for d, _, files in os.walk(hosts[part]):
+            for d, _, files in os.walk(hosts[part].folder):
                 for f in files:
                     with open(os.path.join(d, f), "rb") as fh:
                         blob = fh.read()
                     assert not any(k in blob for k in others), f"{part}: {f} holds another participant's key"
             assert b"PRIVATE KEY" in ca and not any(blob in ca for blob in keys.values())
 
-        make(server, "up")
-        sites = [subprocess.Popen(["make", "--no-print-directory", "up"], cwd=hosts[s], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, env=clean_env) for s in project.sites]
+        hosts[server].make("up")
+        sites = [hosts[s].start_make("up") for s in project.sites]
         for site, proc in zip(project.sites, sites):
             out = proc.communicate(timeout=900)[0]
             assert proc.returncode == 0, f"{site}: make up failed:\n{out[-4000:]}"
-        make(admin, "up")
-        submitted = make(admin, "submit").stdout
+        hosts[admin].make("up")
+        submitted = hosts[admin].make("submit").stdout
         job_id = re.search(r"submitted job (\S+)", submitted).group(1)
-        waited = make(admin, "wait").stdout
+        waited = hosts[admin].make("wait").stdout
         assert f"job {job_id} FINISHED:COMPLETED" in waited, waited
 
         for site in project.sites:
             # No network of another participant's project: the published FL port is the only way.
-            cid = run(["docker", "compose", "ps", "-q", site], hosts[site], env=clean_env).stdout.strip()
+            cid = hosts[site].compose("ps", "-q", site).stdout.strip()
             nets = run(["docker", "inspect", "-f", "{{range $n, $v := .NetworkSettings.Networks}}{{$n}} {{end}}", cid], ROOT).stdout.split()
             assert nets and all(n.startswith(f"{stack.name}-host-{list(hosts).index(site)}_") for n in nets), nets
-            with open(hosts[site] / "secrets" / "mlflow" / "admin_password") as f:
-                mlflow = MLflowREST(f"http://127.0.0.1:{ports[site]}", auth=("admin", f.read().strip()))
+            mlflow = hosts[site].mlflow(site)
             check_site_run(mlflow, site_run(mlflow, f"{job_name}-{site}", site, job_id), site, ROUNDS)
             check_only_own_runs(mlflow, site)
     finally:
@@ -132,8 +127,6 @@ def test_three_hosts_from_bundles(stack, tmp_path):
         os.makedirs(logs, exist_ok=True)
         for part, host in hosts.items():
             with open(os.path.join(logs, f"{part}.log"), "w") as f:
-                f.write(run(["docker", "compose", "--profile", "admin", "logs", "--no-color"], host, check=False,
-                            env=clean_env).stdout)
-        for part, host in hosts.items():
-            run(["docker", "compose", "--profile", "admin", "down", "--volumes", "--remove-orphans"], host, check=False,
-                env=clean_env)
+                f.write(host.logs())
+        for host in hosts.values():
+            host.down()

@@ -18,14 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from checks import SITES, check_site_run, metric_strings, site_run
-from mlflow_rest import basic_auth
+from fedtrack.pins import pin
+from stack.mlflow_rest import basic_auth
 from support import ROOT
 
 pytestmark = pytest.mark.docker
 
 SERVICES = ("server", *SITES, *(f"mlflow-{s}" for s in SITES))
-FLARE_IMAGE = f"fedtrack/flare:{os.environ.get('NVFLARE_VERSION', '2.9.0')}"  # `make test` sets the pins
-MLFLOW_IMAGE = f"fedtrack/mlflow:{os.environ.get('MLFLOW_VERSION', '3.17.2')}"
+FLARE_IMAGE = f"fedtrack/flare:{pin('nvflare')}"
+MLFLOW_IMAGE = f"fedtrack/mlflow:{pin('mlflow')}"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ for role in ("project_admin", "org_admin", "lead", "member"):
             print(role, right, org, "ALLOWED" if ok else "refused")
 """
     for service in ("server", *SITES):
-        result = stack.compose("exec", "-T", service, "python3", "-c", code, check=False)
+        result = stack.exec_python(service, code)
         lines = [l for l in result.stdout.splitlines() if l.strip()]
         assert len(lines) == 24 and all(l.endswith("refused") for l in lines), f"{service}: {result.stdout}{result.stderr}"
 
@@ -90,7 +91,7 @@ def test_a_job_with_custom_code_is_refused_by_each_site_and_runs_nowhere(stack, 
     code = """
 import os, subprocess, tempfile, time
 tmp = tempfile.mkdtemp()
-subprocess.run([sys.executable, "job/job.py", "--env", "export", "--export-dir", tmp, "--name", "byoc-probe"],
+subprocess.run(["fedtrack-job", "--env", "export", "--export-dir", tmp, "--name", "byoc-probe"],
                check=True, capture_output=True)
 job = os.path.join(tmp, "byoc-probe")
 for site in sys.argv[1:]:  # custom code in each site's app, as a BYOC job carries it
@@ -156,7 +157,7 @@ for call in (lambda: sess.get_job_logs(job_id), lambda: sess.show_errors(job_id,
 
 
 def registered_clients(stack) -> set:
-    out = stack.admin("python3", "stack/flare_admin.py", "status").stdout
+    out = stack.admin("fedtrack-admin", "status").stdout
     line = next(l for l in out.splitlines() if l.startswith("clients: "))
     return set(line[len("clients: "):].split(", "))
 
@@ -569,8 +570,7 @@ def test_a_wrong_forwarder_password_is_one_clear_line_and_records_wait(stack, fi
     admin._call("PATCH", "/api/2.0/mlflow/users/update-password", body={"username": "forwarder", "password": "wrong-password-123"})
     name = f"{stack.job_name}-wrongpw"
     try:
-        out = stack.admin("python3", "job/job.py", "--env", "prod", "--startup-kit", "/kit", "--name", name,
-                          "--rounds", "1", "--local-epochs", "1", "--data-dir", "/data", "--timeout", "900").stdout
+        out = stack.fedtrack_job(name, 1, "--local-epochs", "1", "--timeout", "900", wait=True)
         assert "FINISHED:COMPLETED" in out, out
         status = stack.make("status").stdout
         assert re.search(rf"{re.escape(site)} tracking spool: [1-9]\d* record\(s\) spooled and undelivered", status), status

@@ -1,0 +1,153 @@
+"""The code's layout keeps its promises: one installed package, no path tricks, small files, no import
+cycle, and every fact shared by two processes stated in one place (the test names the place)."""
+
+import ast
+import os
+import re
+import subprocess
+
+import pytest
+
+from support import ROOT
+
+CODE_DIRS = ("fedtrack", "job", "stack", "bench", "docker")
+
+
+def tracked() -> list:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True).stdout
+    if not out:
+        pytest.fail("not a git checkout: cannot list the project's files")
+    return sorted(p for p in out.split() if os.path.isfile(os.path.join(ROOT, p)) and not os.path.islink(os.path.join(ROOT, p)))
+
+
+def python_files(outside_tests: bool = True) -> list:
+    return [p for p in tracked() if p.endswith(".py") and not (outside_tests and p.startswith("tests/"))]
+
+
+def read(rel: str) -> str:
+    with open(os.path.join(ROOT, rel), errors="ignore") as f:
+        return f.read()
+
+
+def code_strings(rel: str) -> list:
+    """The string literals of a Python file that are not docstrings (prose may name a fact; code may not)."""
+    tree = ast.parse(read(rel))
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def code_lines(rel: str) -> list:
+    """A shell, Makefile, Dockerfile or YAML file's lines without its comments."""
+    return [line for line in read(rel).splitlines() if not line.lstrip().startswith("#")]
+
+
+def places(needle: str) -> set:
+    """Every file outside tests/ and the README whose code (not its comments or docstrings) holds needle."""
+    found = set()
+    for rel in tracked():
+        if rel.startswith("tests/") or rel.endswith(".md"):
+            continue
+        if rel.endswith(".py"):
+            hit = any(needle in s for s in code_strings(rel))
+        elif rel.endswith((".sh", ".yml", ".yaml", ".toml", ".txt", ".json", ".env", "Dockerfile", "Makefile")) \
+                or os.path.basename(rel) in ("Makefile", ".env"):
+            hit = any(needle in line for line in code_lines(rel))
+        else:
+            continue
+        if hit:
+            found.add(rel)
+    return found
+
+
+def test_no_sys_path_insert_outside_tests():
+    bad = [p for p in python_files() if re.search(r"sys\.path\s*(\.insert|\.append|\[|\+=|=)", read(p))]
+    assert not bad, f"code found by path tricks instead of the installed package: {bad}"
+
+
+def test_no_python_file_outside_tests_over_450_lines():
+    long = {p: n for p in python_files() if (n := read(p).count("\n")) > 450}
+    assert not long, f"split these by what they do: {long}"
+
+
+def first_party_imports(rel: str) -> set:
+    """The fedtrack/stack/bench modules a file imports (anywhere in it)."""
+    out = set()
+    for node in ast.walk(ast.parse(read(rel))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in out if m.split(".")[0] in ("fedtrack", "stack", "bench")}
+
+
+def module_of(rel: str) -> str:
+    name = rel[:-3].replace("/", ".").removesuffix(".__init__")
+    return "fedtrack." + name if rel.startswith("job/") else name
+
+
+def test_the_import_graph_has_no_cycle():
+    modules = {module_of(p): p for p in python_files() if p.split("/")[0] in ("fedtrack", "job", "stack", "bench")}
+    graph = {m: {i for i in first_party_imports(p) if i in modules and i != m} for m, p in modules.items()}
+    state, cycle = {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycle.append(path[path.index(n):] + [n] if n in path else [m, n])
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycle, f"import cycles: {cycle}"
+
+
+def test_each_top_level_folder_says_what_lives_there_and_where_it_runs():
+    for folder, first in (("fedtrack", "__init__.py"), ("job", "__init__.py"), ("stack", "README.md"),
+                          ("bench", "README.md"), ("docker", "README.md"), ("tests", "README.md"),
+                          ("provision", "project.yml")):
+        text = read(os.path.join(folder, first))
+        assert re.search(r"\bruns?\b", text[:600], re.I), f"{folder}/{first} does not say where its code runs"
+
+
+# Facts that two processes (or a process and a person) must agree on: each stated once.
+@pytest.mark.parametrize("needle, home", [
+    ("tracking-spool", {"fedtrack/names.py"}),                          # a site's spool folder
+    ("fedtrack_end_reason", {"fedtrack/names.py"}),                     # why the server ended a job
+    ("FEDTRACK_TRACKING_URI", {"fedtrack/names.py", "stack/compose.template.yml", "docker-compose.yml"}),  # site -> its code
+    ("workflowType=machine_learning", {"fedtrack/project.py"}),         # the UI link's view
+    ("fedtrack.run_outcome", {"fedtrack/names.py"}),                    # server -> site: how the run ended
+    ("2.9.0", {"requirements.txt", "docker-compose.yml"}),              # the nvflare pin (the compose file is generated)
+    ("3.17.2", {"requirements.txt", "docker-compose.yml"}),             # the mlflow pin
+    ("/opt/fedtrack/job", {"job/recipe.py", "docker/flare.Dockerfile"}),  # the training script (the next test)
+])
+def test_a_shared_fact_is_stated_in_one_place(needle, home):
+    assert places(needle) <= home, f"{needle!r} is spelled outside {sorted(home)}: {sorted(places(needle) - home)}"
+
+
+def test_the_image_links_the_training_script_where_the_job_names_it():
+    """recipe.SITE_CODE is where the FLARE image links the installed fedtrack.job (docker/flare.Dockerfile)."""
+    from fedtrack.job.recipe import SITE_CODE
+
+    dockerfile = read("docker/flare.Dockerfile")
+    link = re.search(r"ln -s \"\$\(.*fedtrack\.job.*\)\" (\S+)", dockerfile)
+    assert link and link.group(1) == SITE_CODE, "the image's link and recipe.SITE_CODE differ"
+
+
+def test_every_env_knob_is_read_by_something():
+    """.env holds only knobs that the Makefile, a script or the compose template reads."""
+    readers = "\n".join(read(p) for p in ("Makefile", "stack/up.sh", "stack/status.sh", "stack/clean.sh",
+                                          "stack/bundles.sh", "stack/compose.template.yml", "fedtrack/knobs.py"))
+    knobs = re.findall(r"^([A-Z_][A-Z0-9_]*)=", read(".env"), re.M)
+    assert knobs, ".env lists no knob"
+    unread = [k for k in knobs if not re.search(rf"\b{k}\b", readers)]
+    assert not unread, f".env knobs nothing reads: {unread}"
