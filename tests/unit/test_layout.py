@@ -151,3 +151,26 @@ def test_every_env_knob_is_read_by_something():
     assert knobs, ".env lists no knob"
     unread = [k for k in knobs if not re.search(rf"\b{k}\b", readers)]
     assert not unread, f".env knobs nothing reads: {unread}"
+
+
+def test_the_secrets_layout_agrees_across_provisioning_compose_and_mlflow():
+    """The sites' secrets are a contract of three files: provision/provision.sh writes them, the compose
+    template hands them to the containers, docker/mlflow-site.py (and the client's password file) reads them."""
+    import yaml
+
+    from fedtrack.project import Project
+    from stack.topology import compose_text
+
+    project = Project(os.path.join(ROOT, "provision", "project.yml"))
+    compose = yaml.safe_load(compose_text(project))
+    written = set(re.findall(r'write\(f"\{root\}/\{site\}/([a-z]+/[a-z_]+)"', read("provision/provision.sh")))
+    read_by_mlflow = set(re.findall(r'secret\(["\']([a-z_]+)["\']\)', read("docker/mlflow-site.py")))
+    assert written and read_by_mlflow
+    for site in project.sites:
+        files = {name: s["file"] for name, s in compose["secrets"].items() if name.startswith(f"{site}-")}
+        assert {f.split(f"/secrets/{site}/", 1)[1] for f in files.values()} == written, files
+        targets = {s["target"] for s in compose["services"][f"mlflow-{site}"]["secrets"]}
+        assert targets == read_by_mlflow, (targets, read_by_mlflow)
+        client = compose["services"][site]
+        password_file = client["environment"]["FEDTRACK_MLFLOW_PASSWORD_FILE"]
+        assert password_file == "/run/secrets/" + client["secrets"][0]["target"], password_file

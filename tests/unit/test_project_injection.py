@@ -204,3 +204,21 @@ def test_cli_refuses_an_injection_with_one_line(tmp_path, command):
     assert result.returncode == 2 and result.stdout == "", result
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {bad}: site "), result.stderr
     assert 'tracking_uri "http://mlflow-site-9:5000\\nservices:' in result.stderr, result.stderr  # escaped, cut short
+
+
+def test_make_check_refuses_a_bad_project_before_any_image_exists(tmp_path):
+    """`make check` reads the project on the host: with an image tag no engine holds, a bad tracking_uri is
+    still its one line, and nothing is written or started."""
+    from support import copy_checkout
+
+    checkout = tmp_path / "checkout"
+    copy_checkout(str(checkout))
+    bad = write_project(tmp_path, "client", "tracking_uri", "http://mlflow-site-9:5000" + EVIL)
+    os.replace(bad, checkout / "provision" / "project.yml")
+    before = (checkout / "docker-compose.yml").read_text()
+    result = subprocess.run(["make", "--no-print-directory", "check", "NVFLARE_VERSION=absent-0", "GPUS="],
+                            cwd=checkout, capture_output=True, text=True, timeout=120)
+    said = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("make")]
+    assert result.returncode != 0 and len(said) == 1, result.stderr
+    assert said[0].startswith("error: provision/project.yml: site ") and "tracking_uri" in said[0], said
+    assert (checkout / "docker-compose.yml").read_text() == before
