@@ -4,10 +4,10 @@ import os
 import time
 import zipfile
 
+from fedtrack.names import METRICS  # what the training script logs at each site
 from stack.mlflow_rest import MLflowREST, params, tags
 from support import SITES  # provision/project.yml's clients, read once in support.py
 
-METRICS = ("train_loss", "accuracy", "local_accuracy")
 # Sampled by each site's receiver (MLflow's names, so its System metrics tab shows them); GPUs only where present.
 SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
                   "system/system_memory_usage_percentage")

@@ -222,3 +222,20 @@ def test_make_check_refuses_a_bad_project_before_any_image_exists(tmp_path):
     assert result.returncode != 0 and len(said) == 1, result.stderr
     assert said[0].startswith("error: provision/project.yml: site ") and "tracking_uri" in said[0], said
     assert (checkout / "docker-compose.yml").read_text() == before
+
+
+def test_a_ui_port_set_in_env_reaches_make_check(tmp_path):
+    """MLFLOW_PORT_<SITE> in .env is exported by the Makefile to stack/up.sh (its check and its readiness
+    wait use the same port as Compose): a bad one there is refused like one on the command line."""
+    from fedtrack.project import port_var
+    from support import copy_checkout
+
+    checkout = tmp_path / "checkout"
+    copy_checkout(str(checkout))
+    var = port_var(Project(PROJECT).sites[0])
+    with open(checkout / ".env", "a") as f:
+        f.write(f"{var}=70000\n")
+    result = subprocess.run(["make", "--no-print-directory", "check", "GPUS="], cwd=checkout, capture_output=True,
+                            text=True, timeout=120)
+    said = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("make")]
+    assert result.returncode != 0 and said == [f"error: {var}=70000: give a port from 1 to 65535"], result.stderr
