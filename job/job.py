@@ -18,7 +18,7 @@ import sys
 
 from fedtrack.job.inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, probe_tracking_server, project_sites
 from fedtrack.job.recipe import SITE_CODE, build_recipe
-from fedtrack.knobs import DEFAULTS, JOB_NAME, KnobError, knob
+from fedtrack.knobs import DEFAULTS, JOB_NAME, JOB_ONLY, KNOBS, KnobError, knob
 from fedtrack.job.runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,8 +63,7 @@ def parse_args(argv=None):
 
 def check_knobs(args):
     """Each knob given (or defaulted) as fedtrack.knobs checks it, into its typed value on args."""
-    for name in ("rounds", "local_epochs", "lr", "batch_size", "dataset", "name", "torch_threads", "spool_limit",
-                 "system_metrics_interval", "register_model"):
+    for name in (k.name for k in (*KNOBS.values(), *JOB_ONLY.values())):
         text = getattr(args, name)
         if text is None or (name == "register_model" and not text):
             continue

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
+from fedtrack.names import SPOOL_SUFFIX as SUFFIX
 from fedtrack.spool.delivery import Delivery, describe_failure
-from fedtrack.spool.store import SUFFIX
 
 FORWARDER_LOCK = ".forwarder.lock"
 POLL = 0.2  # seconds between looks at an idle spool

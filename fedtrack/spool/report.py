@@ -5,9 +5,9 @@ import glob
 import os
 import sqlite3
 
+from fedtrack.names import SPOOL_SUFFIX as SUFFIX
 from fedtrack.spool.delivery import Delivery
 from fedtrack.spool.failures import FailureLog
-from fedtrack.spool.store import SUFFIX
 
 
 def counts(spool_dir: str) -> dict:

@@ -5,8 +5,6 @@ import contextlib
 import os
 import sqlite3
 
-from fedtrack.names import SPOOL_SUFFIX as SUFFIX  # noqa: F401 - the spool files' ending, for the other modules
-
 DEFAULT_MAX_RECORDS = 1_000_000
 
 SCHEMA = """

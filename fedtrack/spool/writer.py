@@ -9,8 +9,9 @@ import sqlite3
 import threading
 import time
 
+from fedtrack.names import SPOOL_SUFFIX as SUFFIX
 from fedtrack.spool.failures import FailureLog
-from fedtrack.spool.store import DEFAULT_MAX_RECORDS, SUFFIX, connect, process_token, read_meta, set_meta, transaction
+from fedtrack.spool.store import DEFAULT_MAX_RECORDS, connect, process_token, read_meta, set_meta, transaction
 
 COMMIT_INTERVAL = 0.05  # seconds between the writer's commits: what a crash of the training process can lose
 

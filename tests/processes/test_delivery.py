@@ -20,9 +20,8 @@ from fedtrack.job.data import digits_indices
 from fedtrack.spool.delivery import Delivery
 from fedtrack.spool.forwarder import forward, forwarder_pid
 from fedtrack.spool.report import counts, status
-from fedtrack.spool.writer import SpoolWriter
 from stack.mlflow_rest import MLflowREST, params, tags
-from support import ROOT, MLflowServer, free_port, run_job, wait_until
+from support import ROOT, MLflowServer, free_port, new_spool, run_job, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -230,12 +229,6 @@ def test_slow_server(mlflow_servers, tmp_path):
 
 
 # ----------------------------------------------------------------- the spool itself, against a real server
-
-
-def new_spool(tmp_path, uri: str, name: str, site: str = SITES[0], **kw) -> SpoolWriter:
-    meta = {"tracking_uri": uri, "experiment_name": name, "site": site, "job_id": name, "run_name": name,
-            "created_ms": int(time.time() * 1000)}
-    return SpoolWriter(str(tmp_path / "spool"), name, meta, **kw)
 
 
 def test_a_lost_answer_is_resent_without_duplicates(mlflow_servers, tmp_path, monkeypatch):

@@ -4,19 +4,16 @@ port): each check writes with the forwarder's account under the service name, wh
 it; an earlier version's visible health experiment ends up hidden, the site's own work untouched; and a broken
 write path fails the check with one line."""
 
-import base64
-import json
 import os
 import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from stack.mlflow_rest import MLflowREST, tags
-from support import ROOT, SITES, free_port, stop, wait_until
+from support import ROOT, SITES, free_port, start, stop, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -54,9 +51,7 @@ class Site:
         self.proc = None
 
     def start(self):
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, SITE_PY, "serve"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = start([sys.executable, SITE_PY, "serve"], self.log, env=self.env)
         wait_until(self.ready, 120, f"fedtrack-mlflow serve on port {self.port} (log: {self.log})")
         return self
 
@@ -71,11 +66,8 @@ class Site:
 
     def forwarder(self, path: str, body: dict) -> dict:
         """A write as the site's forwarder makes it."""
-        token = base64.b64encode(f"forwarder:{self.password['forwarder']}".encode()).decode()
-        req = urllib.request.Request(f"{self.uri}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read() or b"{}")
+        forwarder = MLflowREST(self.uri, timeout=10, auth=("forwarder", self.password["forwarder"]))
+        return forwarder._call("POST", f"/api/2.0/mlflow/{path}", body=body)
 
     def health(self, **env) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, SITE_PY, "health"], env=dict(self.env, **env),

@@ -13,14 +13,7 @@ from fedtrack.spool import store
 from fedtrack.spool.delivery import Delivery
 from fedtrack.spool.forwarder import forwarder_pid
 from fedtrack.spool.report import status
-from fedtrack.spool.writer import SpoolWriter
-from support import SITES, free_port, wait_until
-
-
-def new_spool(tmp_path, uri: str, name: str, site: str = SITES[0], **kw) -> SpoolWriter:
-    meta = {"tracking_uri": uri, "experiment_name": name, "site": site, "job_id": name, "run_name": name,
-            "created_ms": int(time.time() * 1000)}
-    return SpoolWriter(str(tmp_path / "spool"), name, meta, **kw)
+from support import SITES, free_port, new_spool, wait_until
 
 
 def test_a_full_spool_refuses_new_records_keeps_the_old_and_says_so(tmp_path, caplog):
