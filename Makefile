@@ -6,6 +6,7 @@ SHELL := /usr/bin/env bash -o pipefail
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
 export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS LR LOCAL_EPOCHS BATCH_SIZE DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR GPUS
+export DELIVERY_RETRY_CAP HEALTHCHECK_INTERVAL
 # A site's UI port set in .env (MLFLOW_PORT_<SITE>) reaches stack/up.sh and the compose file too.
 export $(filter MLFLOW_PORT_%,$(.VARIABLES))
 # The sites, their ports and tracking URIs come from provision/project.yml (stack/topology.py).
@@ -130,7 +131,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 .PHONY: test
-test: venv ## Run all tests, fastest tier first: tests/unit, tests/processes, tests/integration (Docker)
+test: venv ## Run all tests, fastest tier first: tests/unit, tests/processes, tests/integration (Docker); checks Docker, Compose v2 and Chromium first
+	stack/prereqs.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -16,6 +16,7 @@
 # Environment:
 #   BASE_IMAGE        preferred base (see docker/base-image.sh)
 #   SKIP_COMPOSE=1    do not install the Compose plugin
+#   CONTEXT_OUT=DIR   also copy each build context (what the daemon is sent) to DIR/<image>/
 #   plus everything docker/wheelhouse.sh reads (TORCH_INDEX_URL, PIP_EXTRA_ARGS, ...)
 # The legacy builder is used (DOCKER_BUILDKIT=0) whatever the environment says: BuildKit cannot
 # share a container's network namespace, which is how the build reaches the wheels.
@@ -145,6 +146,8 @@ build() {
   for spec in "${files[@]}"; do
     install -D -m 0755 "${spec%%:*}" "$ctx/rootfs/${spec##*:}"
   done
+  # CONTEXT_OUT: a copy of exactly what the daemon is sent (the secret scan's test reads it).
+  [[ -z "${CONTEXT_OUT:-}" ]] || { mkdir -p "$CONTEXT_OUT"; cp -a "$ctx" "$CONTEXT_OUT/$name"; }
   server="$(serve_wheels)"
   log "building $tag from docker/$name.Dockerfile, base $BASE, wheels from container ${server:0:12}; log: $buildlog"
   start=$SECONDS

@@ -11,11 +11,14 @@ import re
 import sys
 from dataclasses import dataclass
 
+from fedtrack.names import LOST_AFTER
+
 JOB_NAME = "fedavg-site-tracking"
 DATASETS = ("digits", "cifar10")
 # The training defaults, stated once: the job CLI's, the recipe's and (empty knobs) `make up`'s.
 DEFAULTS = {"rounds": 5, "local_epochs": 2, "lr": 0.02, "batch_size": 32, "dataset": "digits", "data_dir": "data",
-            "system_metrics_interval": 10.0}  # seconds between samples of a site's CPU, memory, GPUs (MLflow's own)
+            "system_metrics_interval": 10.0,  # seconds between samples of a site's CPU, memory, GPUs (MLflow's own)
+            "lost_after": LOST_AFTER}  # seconds of a site's silence that fail the job
 
 
 class KnobError(ValueError):
@@ -59,11 +62,21 @@ KNOBS = {
                      give="lowercase letters, digits, '-' and '_' (at most 63, starting with a letter or digit)"),
     "TORCH_THREADS": Knob("torch_threads", int, 0, 1024, give="a whole number of threads from 0 (torch's default) to 1024"),
 }
+# Settings of the stack (compose reads them; `make check` checks them): timers a test shortens.
+# Their production values are the code's (fedtrack.spool.forwarder.BACKOFF) and the compose template's.
+STACK = {
+    "DELIVERY_RETRY_CAP": Knob("retry_cap", float, 0.5, 3600,
+                               give="the longest wait in seconds between a forwarder's tries, from 0.5 to 3600 (default 30)"),
+    "HEALTHCHECK_INTERVAL": Knob("healthcheck_interval", int, 1, 300,
+                                 give="whole seconds between the FL services' health checks, from 1 to 300 (default 5)"),
+}
 # Settings of job.py alone (issue: a site will set these itself), checked the same way.
 JOB_ONLY = {
     "spool_limit": Knob("spool_limit", int, 1, 100_000_000, give="a whole number of records from 1 to 100000000"),
     "system_metrics_interval": Knob("system_metrics_interval", float, 0, 3600,
                                     give="0 (none) or seconds between samples, at most 3600"),
+    "lost_after": Knob("lost_after", float, 6, 3600,
+                       give="seconds of a site's silence after which the job fails, from 6 to 3600 (default 60)"),
     "register_model": Knob("register_model", str, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}",
                            give="a registered model name of letters, digits, '.', '-' and '_'"),
 }
@@ -78,8 +91,8 @@ def knob(name: str) -> Knob:
 
 
 def check_environ(environ) -> dict:
-    """{setting: value} of every knob set (non-empty) in environ; a KnobError for the first bad one."""
-    return {k.name: k.check(environ[var], var) for var, k in KNOBS.items() if environ.get(var, "").strip()}
+    """{setting: value} of every knob (and stack setting) set (non-empty) in environ; a KnobError for the first bad one."""
+    return {k.name: k.check(environ[var], var) for var, k in {**KNOBS, **STACK}.items() if environ.get(var, "").strip()}
 
 
 def main() -> int:

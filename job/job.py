@@ -40,6 +40,8 @@ def parse_args(argv=None):
                    help="most undelivered tracking records a site keeps (default 1,000,000)")
     p.add_argument("--system-metrics-interval", default=str(DEFAULTS["system_metrics_interval"]),
                    help="seconds between samples of each site's CPU, memory and GPUs, into its own run (0: none)")
+    p.add_argument("--lost-after", default=str(DEFAULTS["lost_after"]),
+                   help="seconds a site's job process may stay silent before the job fails (tests shorten it)")
     p.add_argument("--register-model", default="", metavar="NAME",
                    help="also register each site's final model in its own MLflow model registry under NAME")
     p.add_argument("--torch-threads", default=None,
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     recipe = build_recipe(
         sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
         args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code, args.system_metrics_interval,
-        args.register_model,
+        args.register_model, args.lost_after,
     )
     try:
         if args.env == "sim":

@@ -27,13 +27,14 @@ def build_recipe(
     site_code: str = None,
     system_metrics_interval: float = DEFAULTS["system_metrics_interval"],
     register_model: str = "",
+    lost_after: float = DEFAULTS["lost_after"],
 ):
     """The FedAvg recipe, one SiteMLflowReceiver per site, and no metric forwarding to the server.
 
     With site_code, the job runs the sites' installed code from that folder and ships none; without
     it (the simulator on this host), the training script travels with the job. After the last round
     each site evaluates the final global model and keeps it in its run; with register_model, also
-    in its own model registry under that name."""
+    in its own model registry under that name. A site silent for lost_after seconds fails the job."""
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
     from nvflare.recipe.utils import add_experiment_tracking, add_final_global_evaluation, set_per_site_config
 
@@ -76,10 +77,10 @@ def build_recipe(
             server_side=False,
             clients=[site],
         )
-    _use_site_receivers(recipe, sites, name, spool_limit, system_metrics_interval)
+    _use_site_receivers(recipe, sites, name, spool_limit, system_metrics_interval, lost_after)
     _remove_fed_forwarding(recipe)
     recipe._job.to_server(MetricLeakGuard(), id="metric_leak_guard")
-    recipe._job.to_server(RunOutcome(), id="run_outcome")  # each site's run ends with the job's real outcome
+    recipe._job.to_server(RunOutcome(lost_after), id="run_outcome")  # each site's run ends with the job's real outcome
     recipe._job.to_server(RoundProgress(), id="round_progress")  # the round for `make wait`
     # FedAvg ends on an aggregate no site has seen: nvflare's CrossSiteModelEval, without local-model
     # submission, sends the persisted final global model to every site once more as a "validate"
@@ -103,7 +104,8 @@ def _ship_no_code(recipe):
         app.app_config.ext_scripts.clear()
 
 
-def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int, system_metrics_interval: float):
+def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int, system_metrics_interval: float,
+                        lost_after: float):
     """Swap each site's stock receiver for the site-local one (same id, same events, same URI)."""
     from fedtrack.site.receiver import SiteMLflowReceiver
     from fedtrack.spool.store import DEFAULT_MAX_RECORDS
@@ -119,6 +121,7 @@ def _use_site_receivers(recipe, sites: dict, name: str, spool_limit: int, system
             events=stock.events,
             max_spooled_records=spool_limit or DEFAULT_MAX_RECORDS,
             system_metrics_interval=system_metrics_interval,
+            lost_after=lost_after,
         )
 
 

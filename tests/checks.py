@@ -1,5 +1,6 @@
 """What a site's MLflow server must hold after a job: shared by the process and Docker tests."""
 
+import math
 import os
 import time
 import zipfile
@@ -138,13 +139,16 @@ def accuracy_by_round(hist: dict, key: str = "accuracy") -> list:
 
 
 def metric_strings(histories: list) -> set:
-    """Distinctive text forms of every logged metric value (short ones like 0.5 would match by chance)."""
+    """Distinctive text forms of every logged metric value. Short ones like 0.5 would match by chance, and
+    so would round binary fractions: a float32 loss of 9375/4096 prints as 2.288818359375, which is also
+    2,400,000 bytes in MiB in nvflare's transfer stats (a CI run found it there)."""
     out = set()
     for hist in histories:
         for points in hist.values():
             for m in points:
-                text = repr(float(m["value"]))
-                if len(text) >= 8:
+                value = float(m["value"])
+                text = repr(value)
+                if len(text) >= 8 and math.isfinite(value) and not (value * 2**16).is_integer():
                     out.add(text)
     return out
 
@@ -172,3 +176,13 @@ def files_holding(root: str, needles: set) -> dict:
                     for member in z.namelist():
                         scan(f"{path}!{member}", z.read(member))
     return found
+
+
+def devices(service: dict) -> list:
+    """A service's device reservations, "all" as Compose writes it (-1) or as we do."""
+    found = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return [{**d, "count": "all"} if d.get("count") == -1 else d for d in found]
+
+
+def gpu(**selector) -> list:
+    return [{"driver": "nvidia", "capabilities": ["gpu"], **selector}]

@@ -5,6 +5,13 @@ import os
 
 import pytest
 
+
+def pytest_addoption(parser):
+    # Here, not in tests/integration/conftest.py, so that any pytest command line takes it.
+    parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
+                     help="run the Docker tier's tests in an order shuffled with SEED (they must not depend on order)")
+
+
 TIERS = {"processes": pytest.mark.processes, "integration": pytest.mark.docker}
 
 

@@ -5,7 +5,7 @@
   before nvflare asks the sites to end the run. Only this word travels, never a metric. It also
   fails the run when a site has lost its part of the job (its process died, its host restarted),
   instead of leaving FedAvg waiting for that site's result forever: each site's receiver says
-  "alive" every ALIVE_INTERVAL seconds, and a site silent for LOST_AFTER seconds has lost it.
+  "alive" ALIVE_PER_LOST times per `lost_after` seconds, and a site silent that long has lost it.
   (nvflare's own dead-job report does not come for a client that restarted: it re-registers
   under a new token that the job does not know.)
 - `AbandonUnfinishedJobs` (a system component of the server, installed by fedtrack.policy):
@@ -25,9 +25,8 @@ from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
-from fedtrack.names import ALIVE_INTERVAL, ALIVE_TOPIC, END_REASON, OUTCOME_TOPIC, STATUS_KEY
+from fedtrack.names import ALIVE_PER_LOST, ALIVE_TOPIC, END_REASON, LOST_AFTER, OUTCOME_TOPIC, STATUS_KEY
 
-LOST_AFTER = 60.0  # seconds of silence after which a site has lost its part of the job (nvflare's grace for a dead job)
 RESTART_REASON = "the FL server restarted while the job ran; nvflare 2.9 cannot resume it"
 NOTIFY_TIMEOUT = 10.0  # seconds the server waits for the sites to take the outcome
 
@@ -60,7 +59,7 @@ class RunOutcome(FLComponent):
         return make_reply(ReturnCode.OK)
 
     def _watch(self, engine):
-        while not self.ended.wait(ALIVE_INTERVAL / 2):
+        while not self.ended.wait(self.lost_after / ALIVE_PER_LOST / 2):
             now = time.monotonic()
             for site, last in list(self.heard.items()):
                 if now - last > self.lost_after:

@@ -32,7 +32,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 
-from fedtrack.names import ALIVE_INTERVAL, ALIVE_TOPIC, OUTCOME_TOPIC, STATUS_KEY, spool_dir
+from fedtrack.names import ALIVE_PER_LOST, ALIVE_TOPIC, LOST_AFTER, OUTCOME_TOPIC, STATUS_KEY, spool_dir
 from fedtrack.site.records import records_of
 from fedtrack.site.system import gpus, system_metrics
 from fedtrack.spool.delivery import check_destination
@@ -69,6 +69,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         events: Optional[List[str]] = None,
         max_spooled_records: int = DEFAULT_MAX_RECORDS,
         system_metrics_interval: float = 0,
+        lost_after: float = LOST_AFTER,
     ):
         super().__init__(events=events or [ANALYTIC_EVENT_TYPE])
         self.site = site
@@ -77,6 +78,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
         self.run_name = run_name
         self.max_spooled_records = max_spooled_records
         self.system_metrics_interval = system_metrics_interval  # seconds between samples; 0: none
+        self.alive_interval = float(lost_after) / ALIVE_PER_LOST  # the server's job deems a site silent that long lost
         self.writer = None
         self.spool_dir = None
         self._last_check = 0.0
@@ -120,7 +122,7 @@ class SiteMLflowReceiver(AnalyticsReceiver):
 
     def _say_alive(self, engine):
         """Tell the server's job that this site's part still runs (fedtrack.server.outcome.RunOutcome watches)."""
-        while not self._ended.wait(ALIVE_INTERVAL):
+        while not self._ended.wait(self.alive_interval):
             try:
                 with engine.new_context() as fl_ctx:
                     engine.send_aux_request(targets=None, topic=ALIVE_TOPIC, request=Shareable(),

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 
+from fedtrack.names import RETRY_CAP_ENV
 from fedtrack.names import SPOOL_SUFFIX as SUFFIX
 from fedtrack.spool.delivery import Delivery, describe_failure
 
 FORWARDER_LOCK = ".forwarder.lock"
 POLL = 0.2  # seconds between looks at an idle spool
-BACKOFF = (0.5, 1, 2, 5, 10, 20, 30)
+BACKOFF = (0.5, 1, 2, 5, 10, 20, 30)  # seconds before each retry of a failing server; the last repeats
 IDLE_EXIT = 30.0  # seconds a forwarder with nothing left to do stays before it exits
 
 log = logging.getLogger("fedtrack.spool")
@@ -30,6 +31,13 @@ def _lock(spool_dir: str):
     except BlockingIOError:
         os.close(fd)
         return None
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next try after `failures` failures in a row: BACKOFF, at most the site's
+    retry cap (FEDTRACK_RETRY_CAP; the stack's DELIVERY_RETRY_CAP, checked by fedtrack.knobs)."""
+    cap = float(os.environ.get(RETRY_CAP_ENV) or BACKOFF[-1])
+    return min(BACKOFF[min(failures, len(BACKOFF)) - 1], cap)
 
 
 def forwarder_pid(spool_dir: str):
@@ -98,7 +106,7 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                         d.failures, d.last_error = 0, None
                     except Exception as e:  # noqa: BLE001 - any failure: keep the records, retry later
                         d.failures += 1
-                        d.next_try = time.monotonic() + BACKOFF[min(d.failures, len(BACKOFF)) - 1]
+                        d.next_try = time.monotonic() + backoff(d.failures)
                         if str(e) != d.last_error:
                             log.warning("%s: %s", path, describe_failure(e))
                             d.last_error = str(e)
@@ -116,6 +124,7 @@ def forward(spool_dir: str, idle_exit: float = IDLE_EXIT) -> int:
                     idle_since = time.monotonic()
                 elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
+                # POLL at most, even while backing off: a removed folder stops it within POLL (tests/unit/test_spool.py).
                 time.sleep(0 if busy and not any(d.failures for d in deliveries.values()) else POLL)
         finally:
             for d in deliveries.values():

@@ -9,6 +9,11 @@ import subprocess
 from stack.mlflow_rest import MLflowREST
 from support import wait_until
 
+# The stack's timers that only set how long a test waits on a fault (their production values: fedtrack/knobs.py
+# STACK, pinned by tests/unit/test_timers.py): a forwarder retries a server that is back within 5 s, and a
+# container turns unhealthy within three 2 s checks.
+SHORT_TIMERS = {"DELIVERY_RETRY_CAP": 5, "HEALTHCHECK_INTERVAL": 2}
+
 
 def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -39,6 +44,8 @@ class Deployment:
         return ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in self.settings.items()), *extra]
 
     def make(self, target: str, timeout: float = None, check: bool = True, extra=()) -> subprocess.CompletedProcess:
+        if target in ("down", "clean"):  # what they remove, with nothing of the tests' own left running
+            self.stop_admin()
         return run(self._make_cmd(target, extra), self.folder, timeout or self.make_timeout, check, self.env)
 
     def start_make(self, target: str) -> subprocess.Popen:
@@ -61,6 +68,7 @@ class Deployment:
 
     def down(self) -> subprocess.CompletedProcess:
         """Containers, networks and volumes gone: a bundle host's teardown."""
+        self.stop_admin()
         return self.compose("--profile", "admin", "down", "--volumes", "--remove-orphans", check=False)
 
     def clean(self) -> subprocess.CompletedProcess:
@@ -77,8 +85,23 @@ class Deployment:
     # ------------------------------------------------------------------ the admin
 
     def admin(self, *args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        """A command in the admin container (FL network only, the admin kit at /kit)."""
-        return self.compose("--profile", "admin", "run", "--rm", "-T", "admin", *args, check=check, timeout=timeout)
+        """A command in the admin container (FL network only, the admin kit at /kit): one container kept
+        for the tests' own admin commands, started again when it is gone (`make down`); `make` targets
+        start their own, as a user's do."""
+        if not self._admin_running():
+            self._admin = self.compose("--profile", "admin", "run", "-d", "admin", "sleep", "infinity").stdout.strip().splitlines()[-1]
+        return run(["docker", "exec", "-i", self._admin, *args], self.folder, timeout, check)
+
+    _admin = None
+
+    def stop_admin(self):
+        if self._admin:
+            subprocess.run(["docker", "rm", "-f", self._admin], capture_output=True)
+            self._admin = None
+
+    def _admin_running(self) -> bool:
+        return bool(self._admin) and subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self._admin],
+                                                    capture_output=True, text=True).stdout.strip() == "true"
 
     def admin_python(self, code: str, *args) -> str:
         """Run `code` with an admin session `sess` (the image's fedtrack.admin) in the admin

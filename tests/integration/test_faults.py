@@ -31,16 +31,13 @@ SMALL_SPOOL = f"""services:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def idle(stack):
-    """Whatever the stack still runs ends first: each test here starts its own job."""
-    stack.make("wait", timeout=1800, check=False)
+LOST_AFTER = "12"  # seconds of a site's silence that fail a job here (production: 60, fedtrack.names.LOST_AFTER)
 
 
 def job_in_round_2(stack, suffix: str) -> tuple:
     """(name, job id) of a new 30-round job, once SITE has begun its round 2."""
     name = f"{stack.job_name}-{suffix}"
-    job_id = stack.submit(name, 30)
+    job_id = stack.submit(name, 30, "--lost-after", LOST_AFTER)
     stack.wait_for_round(SITE, name, 2)
     return name, job_id
 
@@ -71,7 +68,7 @@ def make_wait_fails(stack, job_id: str, status: str) -> str:
 # --------------------------------------------------------------------------- make clean while something would be lost
 
 
-def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_runs_killed(stack):
+def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_runs_killed(stack, idle):
     """SITE's MLflow is down, so its spool holds the job's records: `make clean` refuses and
     removes nothing; an admin's abort_job then ends the job, and both sites' runs end KILLED."""
     name = f"{stack.job_name}-abort"
@@ -107,7 +104,7 @@ def test_make_clean_refuses_while_a_spool_holds_records_then_an_abort_ends_both_
 # --------------------------------------------------------------------------- a client killed mid-job
 
 
-def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(stack):
+def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(stack, idle):
     name, job_id = job_in_round_2(stack, "kill")
     stack.compose("kill", SITE)
     killed = time.monotonic()
@@ -126,9 +123,9 @@ def test_a_killed_client_fails_the_job_and_both_runs_end_failed_losing_nothing(s
 # --------------------------------------------------------------------------- the server stops, the server restarts
 
 
-def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_one(stack):
+def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_one(stack, idle):
     """The server stops in round 2 (the clients turn unhealthy) and starts again (healthy again): the
-    job is marked ABANDONED, both runs end not FINISHED, and `make up` runs a new job to the end."""
+    job is marked ABANDONED, both runs end KILLED (README), and `make up` runs a new job to the end."""
     name, job_id = job_in_round_2(stack, "restart")
     stack.compose("stop", "server")
     stopped = time.monotonic()
@@ -139,7 +136,7 @@ def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_o
         stack.compose("start", "server")
     back = time.monotonic()
     print(f"\nboth clients unhealthy {unhealthy_after:.0f} s after the server stopped")
-    assert unhealthy_after <= 30, f"the clients turned unhealthy only after {unhealthy_after:.0f} s"
+    assert unhealthy_after <= 60, f"the clients turned unhealthy only after {unhealthy_after:.0f} s"  # a stall detector
     out = make_wait_fails(stack, job_id, "FINISHED:ABANDONED")
     took = time.monotonic() - back
     print(f"\nthe job was marked ended {took:.0f} s after the server was back")
@@ -150,8 +147,8 @@ def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_o
     for site in SITES:
         run = ended_run(stack, site, name, job_id)
         print(f"{site}: run {run['info']['status']}")
-        assert run["info"]["status"] in ("FAILED", "KILLED"), f"{site}: {run['info']}"
-    stack.up()  # the stack's own job name: none runs, so this submits
+        assert run["info"]["status"] == "KILLED", f"{site}: {run['info']}"
+    stack.up("ROUNDS=1")  # the stack's own job name: none runs, so this submits
     assert f"job {stack.job_ids[-1]} FINISHED:COMPLETED" in stack.make("wait", timeout=900).stdout
 
 
@@ -180,7 +177,7 @@ def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
 # --------------------------------------------------------------------------- a full spool volume
 
 
-def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_resumes(stack, tmp_path):
+def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_resumes(stack, first_job, idle, tmp_path):
     """SITE's spool folder is a 16 MiB tmpfs here (the SMALL_SPOOL overlay: never the host's disk),
     filled before the job: every record fails until the filler is removed mid-job; then spooling
     resumes, and delivered + counted-as-lost adds up to what the site logged."""
@@ -188,9 +185,16 @@ def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_
     overlay.write_text(SMALL_SPOOL)
     files = ["-f", os.path.join(ROOT, "docker-compose.yml"), "-f", str(overlay)]
     name = f"{stack.job_name}-full"
-    rounds = 10  # long enough that the filler goes while it trains
-    # The last test of the module: SITE stays on its small spool; the stack's teardown removes it.
+    rounds = 8  # long enough that the filler goes while it trains
     stack.compose(*files, "up", "-d", "--no-deps", "--wait", SITE, timeout=600)
+    try:
+        check_full_spool(stack, name, rounds, first_job)
+    finally:  # SITE back on its spool volume, as the other tests expect it
+        stack.make("wait", check=False)
+        stack.compose("up", "-d", "--no-deps", "--wait", SITE, timeout=600)
+
+
+def check_full_spool(stack, name: str, rounds: int, first_job: str):
     stack.compose("exec", "-T", SITE, "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
     wait_until(lambda: health(stack, SITE) == "unhealthy", 60, f"{SITE} unhealthy with a full spool")
     # No system metrics: their count would depend on the job's length; the sum below counts what the script logs.
@@ -211,7 +215,7 @@ def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_
     lost = int(re.search(r"(\d+) lost \(spool write failed\)", spool_line(stack, SITE)).group(1))
     # What SITE logged: per round one accuracy, one local_accuracy and its train_loss steps (as at SITE in
     # the stack's first job), then the final model's accuracy.
-    first = site_run(server, f"{stack.job_name}-{SITE}", SITE, stack.job_ids[0])
+    first = site_run(server, f"{stack.job_name}-{SITE}", SITE, first_job)
     steps_per_round = len(server.history(first["info"]["run_id"], "train_loss")) // stack.rounds
     params_and_tags = 7  # the params logged at round 0, lost too while the volume was full
     print(f"\n{SITE}: {delivered} points delivered, {lost} records lost (with the full volume: {lost_then})")

@@ -4,41 +4,28 @@ site's MLflow needs a login, nothing is in an image layer or in git that is secr
 is hardened and routes out only where the README says, and the UI calls no one but its site."""
 
 import glob
+import ipaddress
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from checks import SITES, check_site_run, metric_strings, site_run
+from checks import SITES, site_run
 from fedtrack.pins import pin
 from stack.mlflow_rest import basic_auth
-from support import ROOT
+from support import ROOT, wait_until
 
 pytestmark = pytest.mark.docker
 
 SERVICES = ("server", *SITES, *(f"mlflow-{s}" for s in SITES))
 FLARE_IMAGE = f"fedtrack/flare:{pin('nvflare')}"
 MLFLOW_IMAGE = f"fedtrack/mlflow:{pin('mlflow')}"
-
-
-@pytest.fixture(scope="module")
-def finished_job(stack):
-    """The stack's first job, finished, and every metric value its sites logged."""
-    stack.make("wait", timeout=1800, check=False)  # whatever the stack still runs ends first
-    histories = []
-    for site in SITES:
-        server = stack.mlflow(site)
-        run = site_run(server, f"{stack.job_name}-{site}", site, stack.job_ids[0])
-        histories.append(check_site_run(server, run, site, stack.rounds))
-    return {"job_id": stack.job_ids[0], "needles": metric_strings(histories)}
 
 
 # --------------------------------------------------------------------------- the admin: no shell, no code
@@ -86,19 +73,26 @@ for role in ("project_admin", "org_admin", "lead", "member"):
 
 
 def test_a_job_with_custom_code_is_refused_by_each_site_and_runs_nowhere(stack, finished_job):
-    """The config-only job plus custom code in each site's app (the server's app stays clean, so the
-    server deploys it and each site decides for itself): each site refuses it."""
+    """The config-only job plus custom code in each site's app, which the site's executor runs as its
+    training script if the site deploys it (the server's app stays clean, so the server deploys the
+    job and each site decides for itself): each site refuses it, and the probe writes nothing."""
     code = """
 import os, subprocess, tempfile, time
 tmp = tempfile.mkdtemp()
 subprocess.run(["fedtrack-job", "--env", "export", "--export-dir", tmp, "--name", "byoc-probe"],
                check=True, capture_output=True)
 job = os.path.join(tmp, "byoc-probe")
-for site in sys.argv[1:]:  # custom code in each site's app, as a BYOC job carries it
+for site in sys.argv[1:]:  # custom code in each site's app, as a BYOC job carries it, run as its training script
     app = "app_" + site
     os.makedirs(os.path.join(job, app, "custom"), exist_ok=True)
     with open(os.path.join(job, app, "custom", "probe.py"), "w") as f:
         f.write("open('/workspace/BYOC_RAN', 'w').write('ran')\\n")
+    config = os.path.join(job, app, "config", "config_fed_client.json")
+    with open(config) as f:
+        fed_client = json.load(f)
+    fed_client["executors"][0]["executor"]["args"]["task_script_path"] = "probe.py"  # relative: the app's custom/
+    with open(config, "w") as f:
+        json.dump(fed_client, f)
 job_id = sess.submit_job(job)
 for _ in range(100):
     status = sess.get_job_status(job_id)
@@ -109,12 +103,13 @@ print("STATUS", status)
 print("DETAIL", json.dumps(sess.get_job_meta(job_id).get("job_deploy_detail")))
 """
     out = stack.admin_python(code, *SITES)
+    for service in ("server", *SITES):
+        ran = stack.compose("exec", "-T", service, "test", "-e", "/workspace/BYOC_RAN", check=False).returncode == 0
+        assert not ran, f"the job's own code ran at {service}: {out[-2000:]}"
     assert "STATUS FINISHED:FAILED_TO_RUN" in out, out
     detail = json.loads(out.split("DETAIL ", 1)[1].splitlines()[0])
     for site in SITES:
         assert f"{site}: NVFLARE_ERROR: BYOC not permitted" in detail, detail
-    for service in ("server", *SITES):
-        assert stack.compose("exec", "-T", service, "test", "-e", "/workspace/BYOC_RAN", check=False).returncode == 1
 
 
 def test_nothing_the_admin_can_obtain_holds_a_metric_value(stack, finished_job):
@@ -162,16 +157,20 @@ def registered_clients(stack) -> set:
     return set(line[len("clients: "):].split(", "))
 
 
-def run_rogue_client(stack, kit: str, name: str) -> str:
-    """Start a client container from `kit` on the stack's FL network; return its logs after 40 s."""
+def run_rogue_client(stack, kit: str, name: str, refused) -> tuple:
+    """Start a client container from `kit` on the stack's FL network and wait (at most 120 s) until
+    refused(its log, the server's log since it started) says its dial was refused; both logs."""
+    since = str(int(time.time()) - 1)
     cid = subprocess.run(
         ["docker", "run", "-d", "--name", name, "--network", f"{stack.name}_fl", "--read-only", "--tmpfs", "/tmp",
          "--tmpfs", "/workspace:uid=10001,gid=10001", "-v", f"{kit}:/kit:ro", "--entrypoint", "fedtrack-entrypoint",
          FLARE_IMAGE],
         capture_output=True, text=True, check=True).stdout.strip()
+    server = stack.compose("ps", "-q", "server").stdout.strip()
+    logs = lambda c, *a: subprocess.run(["docker", "logs", *a, c], capture_output=True, text=True).stdout  # noqa: E731
     try:
-        time.sleep(40)
-        return subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stdout
+        wait_until(lambda: refused(logs(cid), logs(server, "--since", since)), 120, f"{name}'s dial refused")
+        return logs(cid), logs(server, "--since", since)
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 
@@ -187,7 +186,9 @@ def test_a_client_from_another_provisioning_is_refused(stack, tmp_path):
                     "cd /w && nvflare provision -p project.yml -w ws --force >/dev/null && chown -R 10001 ws"],
                    check=True, capture_output=True)
     kit = other / "ws" / "fedtrack" / "prod_00" / "site-9"
-    logs = run_rogue_client(stack, str(kit), f"{stack.name}-rogue-ca")
+    # It dials the server, and the TLS handshake fails: neither side's certificate is from the other's CA.
+    logs, _ = run_rogue_client(stack, str(kit), f"{stack.name}-rogue-ca",
+                               lambda client, server: "Cannot connect to host server:" in client and "CERTIFICATE_VERIFY_FAILED" in client)
     assert "site-9" not in registered_clients(stack), logs[-3000:]
     assert "Successfully registered client" not in logs, logs[-3000:]
     assert registered_clients(stack) >= set(SITES)
@@ -200,8 +201,10 @@ def test_a_sites_certificate_under_another_name_is_refused(stack, tmp_path):
     sub_start = kit / "startup" / "sub_start.sh"
     sub_start.write_text(sub_start.read_text().replace(f"uid={site}", "uid=site-9"))
     subprocess.run(["chown", "-R", "10001", str(kit)], check=True)
-    logs = run_rogue_client(stack, str(kit), f"{stack.name}-rogue-name")
-    assert "uid=site-9" in logs, logs[-2000:]  # it did try, as site-9
+    # The server takes its certificate (the project's CA) and refuses the name it claims.
+    claim = f"authenticated as '{site}' but claimed endpoint 'site-9' requires identity 'site-9'"
+    logs, server = run_rogue_client(stack, str(kit), f"{stack.name}-rogue-name", lambda client, server: claim in server)
+    assert "uid=site-9" in logs, logs[-2000:]
     assert "site-9" not in registered_clients(stack), logs[-3000:]
     assert "Successfully registered client" not in logs, logs[-3000:]
 
@@ -290,16 +293,42 @@ def secret_values(stack) -> set:
     return {v for v in out if len(v) >= 20}
 
 
-def test_no_secret_in_any_image_layer_or_in_git(stack, tmp_path):
+def image_metadata(image: str) -> str:
+    """What an image says of itself besides its files: its history (each step's command and build
+    arguments), labels and environment."""
+    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image],
+                             capture_output=True, text=True, check=True).stdout
+    config = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, check=True).stdout)[0]["Config"]
+    return history + json.dumps(config.get("Labels")) + json.dumps(config.get("Env"))
+
+
+def holding(folder, patterns) -> list:
+    """Files under folder holding any of the patterns (fixed strings, one per line in the file `patterns`)."""
+    found = subprocess.run(["grep", "-r", "-l", "-a", "-F", "-f", str(patterns), str(folder)], capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr
+    return found.stdout.split()
+
+
+def test_no_secret_in_what_a_build_takes_in_or_in_git(stack, tmp_path):
+    """The images built again now that the kits and secrets exist (the hash of their inputs unchanged, so
+    the same images): each build context, exactly as the daemon was sent it, and each image's
+    history, labels and environment hold no secret; nor does any file git tracks."""
     needles = secret_values(stack)
     assert len(needles) > 10
     patterns = tmp_path / "patterns"
     patterns.write_text("\n".join(sorted(needles)) + "\n")
-    save = subprocess.Popen(["docker", "save", FLARE_IMAGE, MLFLOW_IMAGE], stdout=subprocess.PIPE)
-    found = subprocess.run(["grep", "-a", "-o", "-F", "-f", str(patterns)], stdin=save.stdout, capture_output=True)
-    save.stdout.close()
-    assert save.wait() == 0
-    assert found.stdout == b"", "a secret is in an image layer"
+    ids = {image: subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True,
+                                 check=True).stdout.strip() for image in (FLARE_IMAGE, MLFLOW_IMAGE)}
+    contexts = tmp_path / "contexts"
+    stack.make("images", extra=["FORCE=1", f"CONTEXT_OUT={contexts}"], timeout=1800)
+    assert sorted(os.listdir(contexts)) == ["flare", "mlflow"]
+    assert len(glob.glob(str(contexts / "flare" / "rootfs" / "**" / "*.py"), recursive=True)) > 20  # the package's source
+    assert holding(contexts, patterns) == [], "a secret is in a build context"
+    for image, before in ids.items():
+        assert subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True,
+                              check=True).stdout.strip() == before, f"{image} changed when built after provisioning"
+        meta = image_metadata(image)
+        assert "fedtrack.build-hash" in meta and not [n for n in needles if n in meta], f"a secret is in {image}'s history or labels"
     tracked = subprocess.run(["git", "grep", "-I", "-l", "-F", "-f", str(patterns)], cwd=ROOT, capture_output=True, text=True)
     assert tracked.stdout == "", f"a secret is in a tracked file: {tracked.stdout}"
     # The root CA's key is not beside the kits; every private key is 0600.
@@ -326,244 +355,67 @@ def test_every_container_is_hardened(stack, service):
     print(f"\n{service}: memory limit {host['Memory'] // 2**20} MiB, pids {host['PidsLimit']}")
 
 
-def default_route(stack, service: str) -> bool:
+def default_gateway(stack, service: str):
+    """The gateway of the container's default route (an IPv4 address), or None when it has none."""
     table = stack.compose("exec", "-T", service, "cat", "/proc/net/route").stdout.splitlines()[1:]
-    return any(line.split()[1] == "00000000" for line in table if line.split())
+    for fields in (line.split() for line in table):
+        if len(fields) > 2 and fields[1] == "00000000":
+            return str(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1]))
+    return None
 
 
-def routed_networks(stack, service: str) -> list:
-    """The container's networks that lead off the host (Docker's `internal` unset)."""
-    out = []
+def networks(stack, service: str) -> dict:
+    """{network: (subnet, bridge, internal)} of the container's networks, as Docker configured them."""
+    out = {}
     for net in container(stack, service)["NetworkSettings"]["Networks"]:
-        internal = subprocess.run(["docker", "network", "inspect", net, "-f", "{{.Internal}}"],
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        if internal != "true":
-            out.append(net)
+        info = json.loads(subprocess.run(["docker", "network", "inspect", net], capture_output=True, text=True, check=True).stdout)[0]
+        bridge = info["Options"].get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+        out[net] = (ipaddress.ip_network(info["IPAM"]["Config"][0]["Subnet"]), bridge, info["Internal"])
     return out
 
 
-def test_only_the_mlflow_servers_have_a_route_out_and_the_readme_says_why(stack):
-    """Docker 20.10 writes a default route into every container, also on internal networks, whose
-    traffic it then drops at the bridge: so the proof is each network's `internal` setting."""
+def host_firewall_rules() -> list:
+    """The host's filter rules (as root, like CI), from whichever iptables back end Docker wrote them with."""
+    rules = []
+    for tool in ("iptables-save", "iptables-legacy-save", "iptables-nft-save"):
+        if shutil.which(tool):
+            rules += subprocess.run([tool, "-t", "filter"], capture_output=True, text=True).stdout.splitlines()
+    assert any("DOCKER-ISOLATION-STAGE-1" in r for r in rules), "no Docker rules in the host's firewall (run as root)"
+    return rules
+
+
+def firewall_drops_off_subnet(rules: list, subnet, bridge: str) -> bool:
+    """Whether the host's firewall drops what the bridge's containers send off their subnet, and what
+    would come in to them from elsewhere (Docker's rules for an `internal` network)."""
+    return (f"-A DOCKER-ISOLATION-STAGE-1 ! -d {subnet} -i {bridge} -j DROP" in rules
+            and f"-A DOCKER-ISOLATION-STAGE-1 ! -s {subnet} -o {bridge} -j DROP" in rules)
+
+
+def test_only_the_mlflow_servers_have_a_route_out(stack):
+    """Docker 20.10 writes a default route into every container, also on internal networks: the proof
+    is where that route leads (a bridge of an `internal` network) and that the host's firewall drops
+    whatever that bridge's containers send off its subnet. Only a site's MLflow is on a routed
+    network (its `-ui` network, which publishes its port on the host's loopback)."""
+    rules = host_firewall_rules()
     for service in SERVICES:
-        routed = routed_networks(stack, service)
-        print(f"\n{service}: default route in its table: {default_route(stack, service)}; routed networks: {routed}")
+        nets, gw = networks(stack, service), default_gateway(stack, service)
         site = service[len("mlflow-"):] if service.startswith("mlflow-") else None
+        routed = sorted(n for n, (_, _, internal) in nets.items() if not internal)
         assert routed == ([f"{stack.name}_{site}-ui"] if site else []), f"{service} is on routed networks {routed}"
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    assert "default route" in readme and "internal" in readme
-
-
-# --------------------------------------------------------------------------- the UI calls no one else
-
-
-class RecordingProxy:
-    """An HTTP proxy on loopback for the browser: every request is recorded; those to the site's UI
-    are passed on with the user's login, all others are refused (nothing leaves the machine)."""
-
-    def __init__(self, target: str, auth: tuple):
-        self.requests, self.target = [], target
-        header = basic_auth(*auth)
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_CONNECT(self):
-                proxy.requests.append(("CONNECT", self.path, 403))
-                self.send_error(403)
-
-            def do_GET(self):
-                url = self.path
-                if not url.startswith(proxy.target + "/") and url != proxy.target:
-                    proxy.requests.append((self.command, url, 403))
-                    self.send_error(403)
-                    return
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-                req = urllib.request.Request(url, data=body, method=self.command,
-                                             headers={k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection", "host")})
-                req.add_header("Authorization", header)
-                try:
-                    resp = urllib.request.urlopen(req, timeout=30)
-                except urllib.error.HTTPError as e:
-                    resp = e
-                data = resp.read()
-                proxy.requests.append((self.command, url, resp.status if hasattr(resp, "status") else resp.code))
-                self.send_response(resp.status if hasattr(resp, "status") else resp.code)
-                for k, v in resp.headers.items():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
-def chromium(profile, proxy_port: int) -> list:
-    """Headless Chromium with a fresh profile, going out only through the proxy on loopback, every
-    other name resolving to nothing and its own background services off."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            break
-    else:
-        pytest.fail("the UI test needs Chromium (apt-get install chromium; .ci/run installs it)")
-    return [shutil.which(name), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-default-apps", "--disable-extensions", "--no-pings", "--disable-domain-reliability",
-            "--disable-features=AutofillServerCommunication,Translate,OptimizationHints,MediaRouter",
-            f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy_port}",
-            "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--window-size=1400,900"]
-
-
-def page_requests(netlog: str, origin: str) -> tuple:
-    """(requests the page made, requests Chromium made for itself), from Chromium's net log: the
-    page's are its navigation and those whose initiator is its origin; Chromium's own (update
-    checks, account lookups, autofill) have no such initiator."""
-    with open(netlog) as f:
-        log = json.load(f)
-    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    page, browser = [], []
-    for event in log["events"]:
-        params = event.get("params") or {}
-        if event["type"] != start_job or "url" not in params:
-            continue
-        mine = params.get("initiator") == origin or params["url"] == origin + "/"
-        (page if mine else browser).append(params["url"])
-    return page, browser
-
-
-@pytest.mark.parametrize("site", SITES)
-def test_the_ui_logged_in_calls_no_host_but_its_sites(stack, site, finished_job, tmp_path):
-    """Headless Chromium opens the site's UI through a recording proxy on loopback that adds the
-    user's login; every other name resolves to nothing and the proxy refuses every other host, so
-    nothing leaves the machine. The page's own requests (from the net log) all go to the site."""
-    user = f"ui{os.getpid()}"
-    made = stack.make("mlflow-user", extra=[f"SITE={site}", f"USER={user}"])
-    password = re.search(r"keep it safe\): (\S+)", made.stdout).group(1)
-    origin = stack.uri(site)
-    proxy = RecordingProxy(origin, (user, password))
-    netlog = tmp_path / "netlog.json"
-    try:
-        result = subprocess.run(
-            [*chromium(tmp_path / "profile", proxy.port), f"--log-net-log={netlog}", "--virtual-time-budget=20000",
-             f"--screenshot={tmp_path / 'ui.png'}", f"{origin}/"],
-            capture_output=True, text=True, timeout=180)
-    finally:
-        proxy.close()
-    page, browser = page_requests(str(netlog), origin)
-    print(f"\n{site}: the page made {len(page)} requests, all to {origin}; Chromium itself tried "
-          f"{sorted({u.split('/')[2] for u in browser})} (refused by the proxy)")
-    assert len(page) >= 5 and any("/ajax-api/" in u for u in page), (page, result.stderr[-2000:])
-    assert [u for u in page if not u.startswith(origin + "/")] == [], "the UI asked another host"
-    passed = [(m, u, code) for m, u, code in proxy.requests if code != 403 or u.startswith(origin)]
-    assert passed and all(u.startswith(origin) for _, u, _ in passed), proxy.requests
-    assert all(code < 400 for _, u, code in passed if "/ajax-api/2.0/mlflow/experiments/search" in u), passed
-    assert (tmp_path / "ui.png").stat().st_size > 10000, result.stderr[-2000:]
-
-
-SCREENSHOTS = os.path.join(ROOT, "build", "test-output", "ui")  # kept after the run, beside the build (git-ignored)
-
-
-def browse(url: str, want: list, screenshot: str, proxy_port: int, profile: str, timeout: float = 90) -> str:
-    """Open url in headless Chromium (through the login-adding proxy), wait until the page's text
-    holds every string in want (or timeout), save a screenshot; the page's text. Driven over
-    Chromium's DevTools protocol (aiohttp's websocket client, in the venv with MLflow)."""
-    import asyncio
-    import base64
-
-    import aiohttp
-
-    async def run() -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *chromium(profile, proxy_port), "--remote-debugging-port=0", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        try:
-            port_file = os.path.join(profile, "DevToolsActivePort")
-            for _ in range(300):
-                if os.path.exists(port_file) and open(port_file).read().strip():
-                    break
-                await asyncio.sleep(0.1)
-            port = open(port_file).read().split()[0]
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-                    target = next(t for t in await resp.json() if t["type"] == "page")
-                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    ids = iter(range(1, 1_000_000))
-
-                    async def call(method: str, **params) -> dict:
-                        n = next(ids)
-                        await ws.send_json({"id": n, "method": method, "params": params})
-                        async for msg in ws:
-                            reply = json.loads(msg.data)
-                            if reply.get("id") == n:
-                                return reply.get("result", {})
-                        raise RuntimeError("Chromium closed its DevTools connection")
-
-                    await call("Page.navigate", url=url)
-                    deadline, text = time.monotonic() + timeout, ""
-                    while time.monotonic() < deadline:
-                        got = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
-                        text = got.get("result", {}).get("value", "")
-                        if all(w in text for w in want):
-                            await asyncio.sleep(2)  # the charts draw their lines just after their titles
-                            break
-                        await asyncio.sleep(1)
-                    shot = await call("Page.captureScreenshot", format="png")
-                    with open(screenshot, "wb") as f:
-                        f.write(base64.b64decode(shot["data"]))
-                    return text
-        finally:
-            proc.kill()
-            await proc.wait()
-
-    return asyncio.run(run())
-
-
-@pytest.mark.parametrize("site", SITES)
-def test_the_run_page_shows_the_training_charts_and_the_system_metrics(stack, site, finished_job, tmp_path):
-    """What a site's researcher sees: logged in (through the recording proxy on loopback, as above),
-    the run page in MLflow's model-training view shows the training charts and, on its own tab, the
-    site's system metrics. Screenshots are kept in build/test-output/ui/."""
-    server = stack.mlflow(site)
-    run = site_run(server, f"{stack.job_name}-{site}", site, finished_job["job_id"])
-    run_id, exp_id = run["info"]["run_id"], run["info"]["experiment_id"]
-    assert server.history(run_id, "system/cpu_utilization_percentage"), f"{site}: no system metrics in the run"
-    user = f"charts{os.getpid()}"
-    made = stack.make("mlflow-user", extra=[f"SITE={site}", f"USER={user}"])
-    password = re.search(r"keep it safe\): (\S+)", made.stdout).group(1)
-    origin = stack.uri(site)
-    os.makedirs(SCREENSHOTS, exist_ok=True)
-    proxy = RecordingProxy(origin, (user, password))
-    try:
-        pages = {"model-metrics": ["train_loss", "local_accuracy", "accuracy"],
-                 "system-metrics": ["cpu_utilization_percentage", "system_memory_usage_megabytes"]}
-        for tab, want in pages.items():
-            shot = os.path.join(SCREENSHOTS, f"{site}-{tab}.png")
-            text = browse(f"{origin}/#/experiments/{exp_id}/runs/{run_id}/{tab}?workflowType=machine_learning", want,
-                          shot, proxy.port, str(tmp_path / f"profile-{tab}"))
-            print(f"\n{site} {tab}: {shot}")
-            missing = [w for w in want if w not in text]
-            assert not missing, f"{site}'s run page ({tab}) does not show {missing}; see {shot}:\n{text[:1500]}"
-            assert "Model training" in text and os.path.getsize(shot) > 20000, shot
-    finally:
-        proxy.close()
+        via = [n for n, (subnet, _, _) in nets.items() if gw and ipaddress.ip_address(gw) in subnet]
+        print(f"\n{service}: default route via {gw} on {via}; routed networks: {routed}")
+        assert gw is None or len(via) == 1, f"{service}: its default route {gw} leads to none of its networks"
+        for net, (subnet, bridge, internal) in nets.items():
+            assert firewall_drops_off_subnet(rules, subnet, bridge) == internal, \
+                f"{service}: the host's firewall {'does not drop' if internal else 'drops'} traffic leaving {net} ({bridge}, {subnet})"
+        if not site:
+            assert not via or nets[via[0]][2], f"{service}: its default route leads to the routed network {via}"
 
 
 # --------------------------------------------------------------------------- a wrong forwarder password
 
 
-def test_a_wrong_forwarder_password_is_one_clear_line_and_records_wait(stack, finished_job):
+def test_a_wrong_forwarder_password_is_one_clear_line_and_records_wait(stack, finished_job, idle):
     site = SITES[0]
     admin = stack.mlflow(site)
     right = stack.secret(site, "forwarder_password")

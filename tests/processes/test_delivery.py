@@ -12,11 +12,13 @@ import statistics
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from checks import SITES, check_site_run, site_run
 from fedtrack.job.data import digits_indices
+from fedtrack.names import PASSWORD_FILE_ENV, SITE_URI_ENV, USER_ENV
 from fedtrack.spool.delivery import Delivery
 from fedtrack.spool.forwarder import forward, forwarder_pid
 from fedtrack.spool.report import counts, status
@@ -25,7 +27,7 @@ from support import ROOT, MLflowServer, free_port, new_spool, run_job, wait_unti
 
 pytestmark = pytest.mark.processes
 
-ROUNDS = 8
+ROUNDS = 5  # enough rounds that one falls inside a 15 s outage with rounds to spare after it
 EPOCHS = 10
 BATCH = 32
 
@@ -308,17 +310,65 @@ def test_a_record_is_visible_within_two_seconds(mlflow_servers, tmp_path):
             fwd.kill()
 
 
+class Recorder(ThreadingHTTPServer):
+    """An HTTP server on loopback that records every request (method, path, Authorization) and
+    answers 404, as MLflow does for an unknown experiment."""
+
+    def __init__(self):
+        self.requests = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                recorder.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "recorded"}'
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
 def test_a_deployed_site_delivers_only_to_its_own_server(mlflow_servers, tmp_path, monkeypatch):
-    """FEDTRACK_TRACKING_URI (set by the site, not the job) is the only destination: a spool that
-    names another server is refused and kept, and no credential is sent anywhere."""
-    site, elsewhere = SITES[1], SITES[0]  # the site's own server; the one its spool names instead
-    monkeypatch.setenv("FEDTRACK_TRACKING_URI", mlflow_servers[site].uri)
-    w = new_spool(tmp_path, mlflow_servers[elsewhere].uri, f"elsewhere-{os.getpid()}", site=elsewhere)
-    w.append("metric", "train_loss", 0.5, 0)
-    w.close()
-    d = Delivery(w.path)
-    with pytest.raises(PermissionError, match="delivers only to its own MLflow server"):
-        d.step()
-    assert d.counts()[0] == 2  # the metric and the end record, still spooled
-    d.close()
-    assert MLflowREST(mlflow_servers[elsewhere].uri).experiment_by_name(f"elsewhere-{os.getpid()}") is None
+    """The site's own server (SITE_URI_ENV, set by the site, not the job) is the only destination:
+    a spool that names another server is refused and kept, and that server gets no request, so
+    none of the forwarder's credentials (set as a deployed site sets them) reach it."""
+    site = SITES[1]
+    password = tmp_path / "forwarder_password"
+    password.write_text("not-for-anyone-else\n")
+    monkeypatch.setenv(SITE_URI_ENV, mlflow_servers[site].uri)
+    monkeypatch.setenv(USER_ENV, "forwarder")
+    monkeypatch.setenv(PASSWORD_FILE_ENV, str(password))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the forwarder runs: one try, no backoff
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # delivery may set them: restored after
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    elsewhere = Recorder()
+    name = f"elsewhere-{os.getpid()}"
+    try:
+        w = new_spool(tmp_path, elsewhere.uri, name, site=site)
+        w.append("metric", "train_loss", 0.5, 0)
+        w.close()
+        d = Delivery(w.path)
+        try:
+            with pytest.raises(Exception) as refused:
+                d.step()
+            assert not elsewhere.requests, f"the spool's server got requests: {elsewhere.requests}"
+            assert refused.type is PermissionError and "delivers only to its own MLflow server" in str(refused.value)
+            assert d.counts()[0] == 2  # the metric and the end record, still spooled
+        finally:
+            d.close()
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+    assert MLflowREST(mlflow_servers[site].uri).experiment_by_name(name) is None

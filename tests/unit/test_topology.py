@@ -2,10 +2,8 @@
 get N of everything, bundles hold one participant's services, GPUS reaches each site's client and
 nothing else, and bad projects and knobs are one-line errors."""
 
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -16,6 +14,7 @@ from fedtrack import pins
 from fedtrack.project import UI_VIEW, Project, ProjectError, gpu_request, port_var, ui_ports
 from stack.bundle import bundle_files
 from stack.topology import compose_text
+from checks import devices, gpu
 from support import ROOT
 
 PROJECT = os.path.join(ROOT, "provision", "project.yml")
@@ -155,16 +154,6 @@ def test_ui_view_is_printed_for_stack_up():
     assert result.returncode == 0 and result.stdout == UI_VIEW + "\n"
 
 
-def devices(service: dict) -> list:
-    """A service's device reservations, "all" as Compose writes it (-1) or as we do."""
-    found = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-    return [{**d, "count": "all"} if d.get("count") == -1 else d for d in found]
-
-
-def gpu(**selector) -> list:
-    return [{"driver": "nvidia", "capabilities": ["gpu"], **selector}]
-
-
 @pytest.mark.parametrize("knob, selector", [
     ("all", {"count": "all"}), ("2", {"count": 2}), ("device=0,GPU-8a1f", {"device_ids": ["0", "GPU-8a1f"]}),
 ])
@@ -180,25 +169,6 @@ def test_gpus_are_reserved_for_each_sites_client_only(tmp_path, knob, selector):
         assert "nvidia" not in compose_text(project, part, gpus=knob)
     # Without GPUS, no service asks for a device: a host without GPUs starts as before.
     assert "nvidia" not in compose_text(project) and "deploy:" not in compose_text(project)
-
-
-def test_docker_compose_config_shows_the_gpu_reservations(tmp_path):
-    """Compose itself reads the reservation on each client and on nothing else (`docker compose
-    config`: the docker CLI with Compose v2, no engine)."""
-    if shutil.which("docker") is None:
-        pytest.fail("this test needs the docker CLI with Compose v2 (`docker compose config`): install Docker")
-    project = Project(PROJECT)
-    for knob, count in (("all", "all"), ("2", 2)):
-        path = tmp_path / f"gpus-{knob}.yml"
-        path.write_text(compose_text(project, gpus=knob))
-        result = subprocess.run(["docker", "compose", "-f", str(path), "--project-directory", str(tmp_path),
-                                 "-p", "gpu-config", "--profile", "admin", "--profile", "tools", "config", "--format", "json"],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        services = json.loads(result.stdout)["services"]
-        assert {"server", "admin", "provision", *project.sites, *(f"mlflow-{s}" for s in project.sites)} == set(services)
-        for name, service in services.items():
-            assert devices(service) == (gpu(count=count) if name in project.sites else []), (knob, name)
 
 
 @pytest.mark.parametrize("knob", ["abc", "0", "-1", "1.5", "ALL", "0,1", "device=", "device=0,,1"])
