@@ -12,13 +12,14 @@ import time
 
 import pytest
 
+from checks import HEALTH_EXPERIMENT
 from stack.mlflow_rest import MLflowREST, tags
 from support import ROOT, SITES, free_port, start, stop, wait_until
 
 pytestmark = pytest.mark.processes
 
 SITE_PY = os.path.join(ROOT, "docker", "mlflow-site.py")
-HEALTH = "fedtrack-healthcheck"
+HEALTH = HEALTH_EXPERIMENT
 WORK = f"fedavg-site-tracking-{SITES[0]}"  # what a site's forwarder makes for a job
 
 
