@@ -96,8 +96,14 @@ def page_requests(netlog: str, origin: str) -> tuple:
         text = f.read()
     try:
         log = json.loads(text)
-    except json.JSONDecodeError:  # a log Chromium could not close: its events so far
-        log = json.loads(text.rstrip().rstrip(",") + "]}")
+    except json.JSONDecodeError:  # a log Chromium did not finish: its constants, then one event per line
+        head, _, events = text.partition('"events": [')
+        log = {"constants": json.loads(head.rstrip().rstrip(",") + "}")["constants"], "events": []}
+        for line in events.splitlines():
+            try:
+                log["events"].append(json.loads(line.strip().rstrip(",")))
+            except json.JSONDecodeError:
+                pass  # the line it was writing when it stopped, or the closing bracket
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     page, browser = [], []
     for event in log["events"]:
@@ -165,7 +171,7 @@ def browse(pages: list, proxy_port: int, profile: str, netlog: str, timeout: flo
                         texts.append(text)
                     return texts
         finally:
-            proc.terminate()  # (not kill: Chromium completes its net log on the way out)
+            proc.terminate()  # (not kill: Chromium writes out its net log on the way out; page_requests reads a cut one too)
             try:
                 await asyncio.wait_for(proc.wait(), 20)
             except asyncio.TimeoutError:
