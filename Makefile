@@ -6,7 +6,7 @@ SHELL := /usr/bin/env bash -o pipefail
 # Knobs for the deployment live in .env (ROUNDS, DATASET, ports, ...); `make up ROUNDS=3` overrides.
 include .env
 export COMPOSE_PROJECT_NAME JOB_NAME ROUNDS LR LOCAL_EPOCHS BATCH_SIZE DATASET DATA_DIR TORCH_THREADS KITS_ROOT CA_DIR GPUS
-export DELIVERY_RETRY_CAP HEALTHCHECK_INTERVAL
+export DELIVERY_RETRY_CAP HEALTHCHECK_INTERVAL SPOOL_LIMIT SYSTEM_METRICS_INTERVAL
 # A site's UI port set in .env (MLFLOW_PORT_<SITE>) reaches stack/up.sh and the compose file too.
 export $(filter MLFLOW_PORT_%,$(.VARIABLES))
 # The sites, their ports and tracking URIs come from provision/project.yml (stack/topology.py).
@@ -112,6 +112,10 @@ compose: ## Make sure Docker Compose v2 is available (installs the CLI plugin fr
 .PHONY: images
 images: compose ## Build the FLARE and MLflow images (base image and wheelhouse first, offline build)
 	docker/build-images.sh
+
+.PHONY: lock
+lock: ## Write docker/{tools,mlflow,flare}.lock again from requirements.txt (every wheel the images install, pinned with its sha256)
+	UV=$(wildcard $(VENV)/bin/uv) docker/wheelhouse.sh --lock
 
 .PHONY: provision
 provision: images ## Make the startup kits once (skips when they exist)

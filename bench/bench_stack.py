@@ -24,9 +24,10 @@ import tempfile
 import time
 
 from bench.bench_sites import memory, mib
+from fedtrack.names import SITE_URI_ENV
 from fedtrack.pins import pin
 from fedtrack.project import Project, port_var
-from stack.local import JOB_DIR, ROOT, FlareSystem, MLflowServer, free_port, run_job
+from stack.local import ROOT, FlareSystem, MLflowServer, free_port, run_job
 
 SITES = Project(os.path.join(ROOT, "provision", "project.yml")).sites
 MLFLOW_IMAGE = "fedtrack/mlflow:" + pin("mlflow")
@@ -86,12 +87,13 @@ def local_job(work: str, rounds: int) -> float:
     """The same job on local provisioned processes: seconds from submission to finished."""
     servers = {site: MLflowServer(site, os.path.join(work, f"local-mlflow-{site}")).start() for site in SITES}
     os.makedirs(os.path.join(work, "local-flare"))
-    system = FlareSystem(os.path.join(work, "local-flare")).start()
+    system = FlareSystem(os.path.join(work, "local-flare"),
+                         {s: {SITE_URI_ENV: servers[s].uri} for s in SITES}).start()
     try:
         site_args = [a for site in SITES for a in ("--site", f"{site}={servers[site].uri}")]
         t0 = time.monotonic()
         r = run_job(*site_args, "--rounds", str(rounds), "--env", "prod", "--startup-kit", system.admin_kit,
-                    "--site-code", JOB_DIR, "--name", f"local-{os.getpid()}", "--torch-threads", "1", "--timeout", "900")
+                    "--name", f"local-{os.getpid()}", "--torch-threads", "1", "--timeout", "900")
         took = time.monotonic() - t0
         if r.returncode or "FINISHED:COMPLETED" not in r.stdout:
             raise SystemExit(f"the local job failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")

@@ -2,14 +2,18 @@
 # Build the project's Docker images from scratch on a machine with no container registry:
 #   1. docker/ensure-compose.sh   Compose v2 CLI plugin (for the compose files that use the images)
 #   2. docker/base-image.sh       Python 3.11 base (pulled, or debootstrapped + imported)
-#   3. docker/wheelhouse.sh       wheels for both images in build/wheelhouse/{tools,mlflow,flare}
+#   3. docker/wheelhouse.sh       wheels for both images in build/wheelhouse/{tools,mlflow,flare},
+#                                 exactly the files of docker/{tools,mlflow,flare}.lock
 #   4. docker build                fedtrack/mlflow:<mlflow pin> and fedtrack/flare:<nvflare pin>
 #   Steps 2-4 overlap: each starts as soon as what it needs is there (see below).
-#      (context: build/context/<image>/ = its requirements.txt + rootfs/ with the repo files it holds)
+#      (context: build/context/<image>/ = locks/ (its lock and tools.lock) + rootfs/ with the repo files it holds)
 # Each build installs its venv once, in one RUN, with uv from wheels served by a throwaway
 # container that has no network (see docker/flare.Dockerfile); no build stage or cache image is kept.
+# Right before a build, its wheel directories are checked against the committed locks (every file's
+# sha256, `docker/wheelhouse.sh --verify`): a changed, missing or extra wheel stops it with one line
+# naming the file; inside, pip and uv install the same locks with --require-hashes.
 # Tags come from requirements.txt. A build is skipped when an image with that tag carries a
-# fedtrack.build-hash label equal to the hash of its Dockerfile, its pins, its wheelhouse stamps,
+# fedtrack.build-hash label equal to the hash of its Dockerfile, its locks, its wheelhouse stamps,
 # the base image ID and its rootfs files (FORCE=1 rebuilds; not passed on to steps 1-3). After an
 # edit of those files only the last two steps run again: the venv layer is reused.
 #
@@ -29,7 +33,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 WHEELHOUSE_DIR="${WHEELHOUSE_DIR:-$BUILD_DIR/wheelhouse}"
-export REQUIREMENTS WHEELHOUSE_DIR
+LOCK_DIR="${LOCK_DIR:-$ROOT/docker}"
+export REQUIREMENTS WHEELHOUSE_DIR LOCK_DIR
 export DOCKER_BUILDKIT=0
 FORCE_BUILD="${FORCE:-0}"
 unset FORCE   # FORCE=1 means "rebuild the images", not "re-download / re-debootstrap"
@@ -116,13 +121,15 @@ build_ticker() {
   done
 }
 
-# build NAME TAG BUILD_ARGS...
+# build NAME TAG BUILD_ARGS... (exits 3 when a wheel does not match its lock: that one line says it all)
 build() {
   local name="$1" tag="$2"; shift 2
   local dockerfile="$ROOT/docker/$name.Dockerfile" wheels="$WHEELHOUSE_DIR/$name"
+  local locks=("$LOCK_DIR/$name.lock" "$LOCK_DIR/tools.lock")
   local ctx="$BUILD_DIR/context/$name" buildlog="$BUILD_DIR/docker-build-$name.log"
-  local hash current old_id start spec src server ticker rc=0 files=()
+  local hash current old_id start spec src server ticker verified rc=0 files=()
   [[ -f "$dockerfile" ]] || die "$dockerfile missing"
+  [[ -f "${locks[0]}" && -f "${locks[1]}" ]] || die "${locks[*]}: a lock is missing: run make lock"
   [[ -f "$wheels/requirements.txt" ]] || die "$wheels/requirements.txt missing: run docker/wheelhouse.sh"
   while IFS= read -r spec; do
     [[ -n "$spec" ]] || continue
@@ -130,7 +137,7 @@ build() {
     [[ -f "$src" ]] || die "$src missing: the $name image needs it (see docker/$name.Dockerfile)"
     files+=("$spec")
   done < <(image_files "$name")
-  hash="$( { cat "$dockerfile" "$wheels/requirements.txt"; (cd "$WHEELHOUSE_DIR" && ls "$name"/.stamp-* tools/.stamp-*)
+  hash="$( { cat "$dockerfile" "${locks[@]}"; (cd "$WHEELHOUSE_DIR" && ls "$name"/.stamp-* tools/.stamp-*)
              echo "$base_id"; for spec in "${files[@]}"; do echo "${spec##*:}"; cat "${spec%%:*}"; done; } \
            | sha256sum | cut -c1-16)"
   current="$(docker image inspect -f '{{ index .Config.Labels "fedtrack.build-hash" }}' "$tag" 2>/dev/null || true)"
@@ -140,9 +147,18 @@ build() {
     return
   fi
 
+  # The wheels the build will install are the locked ones, byte for byte (whatever the stamps say).
+  start=$SECONDS
+  verified="$(mktemp)"
+  "$ROOT/docker/wheelhouse.sh" --verify "$WHEELHOUSE_DIR/tools" "${locks[1]}" 2>"$verified" \
+    && "$ROOT/docker/wheelhouse.sh" --verify "$wheels" "${locks[0]}" 2>"$verified" \
+    || { cat "$verified" >&2 || true; rm -f "$verified"; exit 3; }
+  rm -f "$verified"
+  log "$name: every wheel has the sha256 its lock lists ($((SECONDS - start)) s)"
+
   rm -rf "$ctx"
-  mkdir -p "$ctx/rootfs"
-  cp "$wheels/requirements.txt" "$ctx/requirements.txt"
+  mkdir -p "$ctx/rootfs" "$ctx/locks"
+  cp "${locks[@]}" "$ctx/locks/"
   for spec in "${files[@]}"; do
     install -D -m 0755 "${spec%%:*}" "$ctx/rootfs/${spec##*:}"
   done
@@ -178,6 +194,11 @@ build() {
   docker rmi "fedtrack/build-cache:$name" >/dev/null 2>&1 && log "removed the old fedtrack/build-cache:$name" || true
 }
 
+# not_built RC WHAT: stop after a failed build; a wheel that failed its lock (3) has said so in one line.
+not_built() {
+  (( $1 != 3 )) || exit 1
+  die "the $2 image was not built (see above)"
+}
 build mlflow "fedtrack/mlflow:$MLFLOW_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION" &
 mlflow_pid=$!
 "$ROOT/docker/wheelhouse.sh" flare || { wait "$mlflow_pid" || true; die "docker/wheelhouse.sh failed"; }
@@ -185,8 +206,8 @@ log "wheelhouse ready ($((SECONDS - start)) s)"
 build flare "fedtrack/flare:$NVFLARE_VERSION" --build-arg "NVFLARE_VERSION=$NVFLARE_VERSION" \
       --build-arg "TORCH_VERSION=$TORCH_VERSION" --build-arg "MLFLOW_VERSION=$MLFLOW_VERSION" &
 flare_pid=$!
-wait "$mlflow_pid" || { wait "$flare_pid" || true; die "the MLflow image was not built (see above)"; }
-wait "$flare_pid" || die "the FLARE image was not built (see above)"
+wait "$mlflow_pid" || { rc=$?; wait "$flare_pid" || true; not_built "$rc" MLflow; }
+wait "$flare_pid" || not_built "$?" FLARE
 docker image prune -f --filter label=fedtrack.stage=build >/dev/null 2>&1 || true  # stages of older builds
 
 log "done in $((SECONDS - total)) s; images:"

@@ -1,12 +1,15 @@
 # NVIDIA FLARE runtime image (server, clients, admin): Python 3.11 venv with every pin of
 # requirements.txt except the test-only and build-only ones, plus the vetted code every participant
 # runs: the fedtrack package (pyproject.toml: the site's receiver, spool and forwarder, the server's
-# components, the policy, the admin's commands, and the FL job in fedtrack.job, linked at
-# /opt/fedtrack/job where a job names its training script). Jobs carry configuration only. No
+# components, the policy, the admin's commands, and the FL job in fedtrack.job, whose training script
+# each site's own executor runs). Jobs carry configuration only. No
 # startup kits, keys or secrets inside: the kit is mounted at /kit.
 #
 # Build context = build/context/flare/, staged by docker/build-images.sh:
-#   requirements.txt  the pins docker/wheelhouse.sh downloaded into build/wheelhouse/flare/
+#   locks/            docker/flare.lock (every package of the venv, pinned, with its wheel's sha256) and
+#                     docker/tools.lock (uv, setuptools): installed with --require-hashes (setuptools, which
+#                     builds fedtrack, as a hashed build constraint), so a wheel whose bytes are not the
+#                     locked ones fails the build (docker/build-images.sh checks them all before, too)
 #   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-entrypoint and the package's
 #                     source in /opt/fedtrack-src (installed, then removed)
 # The wheels are not in the context: docker/build-images.sh serves build/wheelhouse/ from a container
@@ -37,17 +40,18 @@ ENV VIRTUAL_ENV=/opt/venv \
     HOME=/home/flare
 WORKDIR /workspace
 CMD ["python3"]
-COPY requirements.txt /opt/venv-requirements.txt
+COPY locks/ /opt/venv-locks/
 # uv (from the wheelhouse's tools/) unpacks into its cache and byte-compiles on every core; the venv
 # hard-links the cache's files, so removing the cache in the same step leaves one copy of each.
 RUN groupadd --system --gid 10001 flare \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/flare --create-home --shell /bin/bash flare \
  && chown flare:flare /workspace \
  && python3 -m venv /tmp/uv \
- && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ \
+      --require-hashes -r /opt/venv-locks/tools.lock \
  && python3 -m venv --without-pip /opt/venv \
  && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:8765/flare/ \
-      --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-requirements.txt \
+      --require-hashes --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-locks/flare.lock \
  && /tmp/uv/bin/uv pip check --python /opt/venv/bin/python \
  && rm -rf /tmp/uv /tmp/uv-cache /root/.cache
 # Declared after the RUN (build args change RUN cache keys), used only by the last LABEL.
@@ -57,12 +61,15 @@ ARG BUILD_HASH=none
 # kit) and the package's source.
 COPY rootfs/ /
 # The package and its console scripts (fedtrack-job, -admin, -spool, -health, -policy), built by
-# setuptools from the wheelhouse's tools/ (no dependency is resolved: the venv above holds them all).
+# setuptools from the wheelhouse's tools/, its hash checked as a build constraint (no dependency is
+# resolved: the venv above holds them all).
 RUN python3 -m venv /tmp/uv \
- && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ \
+      --require-hashes -r /opt/venv-locks/tools.lock \
  && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index \
-      --find-links http://127.0.0.1:8765/tools/ --no-deps --compile-bytecode --quiet /opt/fedtrack-src \
- && mkdir -p /opt/fedtrack && ln -s "$(/opt/venv/bin/python -c 'import fedtrack.job, os; print(os.path.dirname(fedtrack.job.__file__))')" /opt/fedtrack/job \
+      --find-links http://127.0.0.1:8765/tools/ --build-constraints /opt/venv-locks/tools.lock --no-deps --compile-bytecode \
+      --quiet /opt/fedtrack-src \
+ && mkdir -p /opt/fedtrack \
  && rm -rf /tmp/uv /tmp/uv-cache /root/.cache /opt/fedtrack-src
 USER 10001:10001
 LABEL fedtrack.build-hash="${BUILD_HASH}"

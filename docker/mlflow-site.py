@@ -27,6 +27,7 @@ free port).
 import base64
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -43,6 +44,9 @@ HEALTH_NOTE = ("Written by the site's healthcheck: a tag on its one run every 10
                "forwarder's writes. Kept deleted, so that no experiment list shows it.")
 INI = os.environ.get("MLFLOW_AUTH_INI", "/tmp/fedtrack-auth.ini")  # a tmpfs: the root filesystem is read-only
 PORT = os.environ.get("MLFLOW_PORT", "5000")  # where it listens in its container (the tests: a free port)
+# The passwords go to the site's own server, never through a proxy the environment names (urllib's default,
+# also for a service name). (The image has no fedtrack package: fedtrack/direct.py's opener, spelled here.)
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def secret(name: str) -> str:
@@ -65,7 +69,7 @@ def call(method: str, path: str, body: dict = None, user: str = ADMIN, password:
     token = base64.b64encode(f"{user}:{password or secret('mlflow_admin_password')}".encode()).decode()
     req = urllib.request.Request(base_url() + path, method=method, data=json.dumps(body).encode() if body else None,
                                  headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with DIRECT.open(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"{}")
 
 
@@ -95,12 +99,16 @@ def serve() -> int:
     sync_accounts(admin_password, secret("mlflow_forwarder_password"))
     site, port = os.environ["SITE_MLFLOW"], os.environ["UI_PORT"]
     # Admits its client by service name and the host's browser by the published port (MLflow >= 3.5
-    # answers 403 "Invalid Host header" to any other name).
+    # answers 403 "Invalid Host header" to any other name); cross-origin requests from the UI's own
+    # origin only (only_origins).
+    ui_origins = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
     args = ["server", "--app-name", "basic-auth", "--host", os.environ.get("MLFLOW_HOST", "0.0.0.0"), "--port", PORT,
             "--workers", os.environ.get("MLFLOW_WORKERS", "1"),
             "--backend-store-uri", f"sqlite:///{DATA}/mlflow.db",
             "--artifacts-destination", f"{DATA}/artifacts", "--serve-artifacts",
-            "--allowed-hosts", f"{site},{site}:{PORT},localhost:{port},127.0.0.1:{port}"]
+            "--allowed-hosts", f"{site},{site}:{PORT},localhost:{port},127.0.0.1:{port}",
+            "--cors-allowed-origins", ",".join(ui_origins)]
+    only_origins(ui_origins)
     # `mlflow server` checks its options, migrates the store, then runs uvicorn as a child and stays as
     # its parent (~240 MB doing nothing). Here uvicorn runs in this process instead, with the modules
     # already imported (ready in half the time), one worker (no supervisor; SQLite wants one writer):
@@ -108,10 +116,26 @@ def serve() -> int:
     import mlflow.server
     from mlflow.cli import cli
 
-    if not callable(getattr(mlflow.server, "_exec_cmd", None)):  # another MLflow: its own way
+    if not callable(getattr(mlflow.server, "_exec_cmd", None)):  # another MLflow: its own way (and CORS lists)
         os.execvp("mlflow", ["mlflow"] + args)
     mlflow.server._exec_cmd = _run_here
     return cli.main(args=args, prog_name="mlflow")
+
+
+def only_origins(origins: list):
+    """MLflow answers credentialed cross-origin requests from --cors-allowed-origins and, whatever that
+    says, from every http://localhost:*, 127.0.0.1:* and [::1]:* origin (mlflow.server.security_utils),
+    so a page on any other loopback port could read the site's runs with a logged-in user's login. Here
+    its loopback lists are these origins alone (read when the app is made, in this process: the lists
+    are changed in place, so every module that imported them sees it)."""
+    from mlflow.server import security_utils
+
+    try:
+        security_utils.LOCALHOST_ORIGIN_PATTERNS[:] = [f"^{re.escape(o)}$" for o in origins]
+        security_utils.CORS_LOCALHOST_HOSTS[:] = []  # no origin passes as "localhost" past the list
+    except (AttributeError, TypeError):
+        sys.exit("error: this MLflow's CORS lists are not where docker/mlflow-site.py limits them; "
+                 "check its CORS origins (tests/processes/test_cors.py) before using it")
 
 
 def _run_here(cmd, extra_env=None, **_):

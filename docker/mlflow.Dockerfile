@@ -4,7 +4,9 @@
 # secrets come at run time as files in /run/secrets, never in the image.
 #
 # Build context = build/context/mlflow/, staged by docker/build-images.sh:
-#   requirements.txt  the pins docker/wheelhouse.sh downloaded into build/wheelhouse/mlflow/
+#   locks/            docker/mlflow.lock (every package of the venv, pinned, with its wheel's sha256) and
+#                     docker/tools.lock (uv, setuptools): installed with --require-hashes, so a wheel whose bytes are not
+#                     the locked ones fails the build (docker/build-images.sh checks them all before, too)
 #   rootfs/           copied to / in one step: /usr/local/bin/fedtrack-mlflow
 # The wheels come from the wheel server the build shares a network namespace with, as for the
 # FLARE image (see docker/flare.Dockerfile): none is a layer, the venv is written once.
@@ -30,16 +32,17 @@ EXPOSE 5000
 # Needs SITE_MLFLOW (its service name) and UI_PORT (its published port) and the secrets.
 CMD ["fedtrack-mlflow", "serve"]
 HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=30 CMD ["fedtrack-mlflow", "health"]
-COPY requirements.txt /opt/venv-requirements.txt
+COPY locks/ /opt/venv-locks/
 RUN groupadd --system --gid 10002 mlflow \
  && useradd --system --uid 10002 --gid 10002 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow \
  && mkdir -p /mlflow/artifacts \
  && chown -R mlflow:mlflow /mlflow \
  && python3 -m venv /tmp/uv \
- && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ uv \
+ && /tmp/uv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --find-links http://127.0.0.1:8765/tools/ \
+      --require-hashes -r /opt/venv-locks/tools.lock \
  && python3 -m venv --without-pip /opt/venv \
  && UV_CACHE_DIR=/tmp/uv-cache /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:8765/mlflow/ \
-      --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-requirements.txt \
+      --require-hashes --compile-bytecode --link-mode hardlink --quiet -r /opt/venv-locks/mlflow.lock \
  && /tmp/uv/bin/uv pip check --python /opt/venv/bin/python \
  && rm -rf /tmp/uv /tmp/uv-cache /root/.cache
 # After the RUN: a RUN's changes to a declared volume would be dropped.

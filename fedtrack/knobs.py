@@ -70,15 +70,23 @@ STACK = {
     "HEALTHCHECK_INTERVAL": Knob("healthcheck_interval", int, 1, 300,
                                  give="whole seconds between the FL services' health checks, from 1 to 300 (default 5)"),
 }
-# Settings of job.py alone (issue: a site will set these itself), checked the same way.
+# Settings of job.py alone, checked the same way.
 JOB_ONLY = {
-    "spool_limit": Knob("spool_limit", int, 1, 100_000_000, give="a whole number of records from 1 to 100000000"),
-    "system_metrics_interval": Knob("system_metrics_interval", float, 0, 3600,
-                                    give="0 (none) or seconds between samples, at most 3600"),
     "lost_after": Knob("lost_after", float, 6, 3600,
                        give="seconds of a site's silence after which the job fails, from 6 to 3600 (default 60)"),
     "register_model": Knob("register_model", str, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}",
                            give="a registered model name of letters, digits, '.', '-' and '_'"),
+    # Which part of the bundled data a site trains on (fedtrack.job.data.partition), written by the job.
+    "num_sites": Knob("num_sites", int, 1, 10000, give="a whole number of sites from 1 to 10000"),
+    "site_index": Knob("site_index", int, 0, 9999, give="a whole number from 0 to 9999, below num_sites"),
+}
+# Settings a site makes for itself, never a job (fedtrack.site.settings reads them from the site's own
+# environment as FEDTRACK_<name>; the stack passes these from .env to every site it runs).
+SITE = {
+    "SPOOL_LIMIT": Knob("spool_limit", int, 1, 100_000_000,
+                        give="the most undelivered records a site keeps, a whole number from 1 to 100000000"),
+    "SYSTEM_METRICS_INTERVAL": Knob("system_metrics_interval", float, 0, 3600,
+                                    give="0 (none) or seconds between samples of a site's hardware, at most 3600"),
 }
 
 
@@ -92,7 +100,7 @@ def knob(name: str) -> Knob:
 
 def check_environ(environ) -> dict:
     """{setting: value} of every knob (and stack setting) set (non-empty) in environ; a KnobError for the first bad one."""
-    return {k.name: k.check(environ[var], var) for var, k in {**KNOBS, **STACK}.items() if environ.get(var, "").strip()}
+    return {k.name: k.check(environ[var], var) for var, k in {**KNOBS, **STACK, **SITE}.items() if environ.get(var, "").strip()}
 
 
 def main() -> int:

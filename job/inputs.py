@@ -4,7 +4,6 @@ import json
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Optional
 
 # From the checkout's root, or the admin container's working folder (/opt/fedtrack, the project mounted there).
@@ -65,9 +64,11 @@ def probe_tracking_server(uri: str, timeout: float = 5.0) -> Optional[str]:
 
     Uses the REST path a client uses (not /health, which skips MLflow's host check).
     """
+    from fedtrack.direct import DIRECT  # never through a proxy the environment names
+
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with DIRECT.open(url, timeout=timeout) as resp:
             json.load(resp)
         return None
     except urllib.error.HTTPError as e:

@@ -7,8 +7,11 @@ project's (its own MLflow service by default) unless --site NAME=URI names the s
 only to local analytics events. The ConvertToFedEvent component that nvflare adds to every
 client is removed, so no metric is ever forwarded to the FL server.
 
-Exported and submitted jobs carry configuration only: the sites run the training script, receiver
-and model from the code installed in their image (--site-code), and refuse jobs with custom code.
+A job carries configuration only: typed training settings for each site's own trainer
+(fedtrack.site.trainer) and a run name for its receiver. Each site runs the code installed in its
+image and decides where its data is and where its metrics go; it refuses any other job at deploy
+(fedtrack.policy.validator). Only the simulator, where this host is every site, takes the sites'
+settings (--data-dir, --spool-limit, --system-metrics-interval) from here.
 """
 
 import argparse
@@ -17,11 +20,19 @@ import os
 import sys
 
 from fedtrack.job.inputs import DEFAULT_PROJECT, UsageError, check_admin_kit, parse_sites, probe_tracking_server, project_sites
-from fedtrack.job.recipe import SITE_CODE, build_recipe
-from fedtrack.knobs import DEFAULTS, JOB_NAME, JOB_ONLY, KNOBS, KnobError, knob
+from fedtrack.job.recipe import build_recipe
+from fedtrack.knobs import DEFAULTS, JOB_NAME, JOB_ONLY, KNOBS, SITE, KnobError, knob
+from fedtrack.site import settings
 from fedtrack.job.runners import open_session, run_export, run_prod, run_sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# flag: (the site's variable, what it sets); fedtrack.site.settings reads the variable at each site.
+SITE_FLAGS = {
+    "--data-dir": (settings.DATA_DIR_ENV, "where each site finds CIFAR-10 (default: ./data)"),
+    "--spool-limit": (settings.SPOOL_LIMIT_ENV, "most undelivered tracking records a site keeps (default 1,000,000)"),
+    "--system-metrics-interval": (settings.SYSTEM_METRICS_ENV,
+                                  "seconds between samples of each site's CPU, memory and GPUs (0: none; default 10)"),
+}
 
 
 def parse_args(argv=None):
@@ -35,11 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", default=str(DEFAULTS["lr"]))
     p.add_argument("--batch-size", default=str(DEFAULTS["batch_size"]))
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="digits (bundled) or cifar10")
-    p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="where each site finds CIFAR-10: a path at the site (sim: on this host)")
-    p.add_argument("--spool-limit", default=None,
-                   help="most undelivered tracking records a site keeps (default 1,000,000)")
-    p.add_argument("--system-metrics-interval", default=str(DEFAULTS["system_metrics_interval"]),
-                   help="seconds between samples of each site's CPU, memory and GPUs, into its own run (0: none)")
+    # Each site's own settings: given here only to the simulator, which plays every site on this host.
+    for flag, (var, what) in SITE_FLAGS.items():
+        p.add_argument(flag, default=None, help=f"sim only: {what} (a deployed site sets {var})")
     p.add_argument("--lost-after", default=str(DEFAULTS["lost_after"]),
                    help="seconds a site's job process may stay silent before the job fails (tests shorten it)")
     p.add_argument("--register-model", default="", metavar="NAME",
@@ -47,8 +56,6 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", default=None,
                    help="torch CPU threads per site (sim default: this host's cores shared by the sites; else torch's own)")
     p.add_argument("--env", choices=("sim", "export", "prod"), default="sim")
-    p.add_argument("--site-code", default=SITE_CODE,
-                   help="export/prod: the folder at each site holding the vetted site code (the image's by default)")
     p.add_argument("--startup-kit", help="admin startup kit (prod)")
     p.add_argument("--username", help="admin user (prod; default: the kit's)")
     p.add_argument("--export-dir", default="jobs", help="where --env export writes the job folder")
@@ -66,7 +73,7 @@ def parse_args(argv=None):
 def check_knobs(args):
     """Each knob given (or defaulted) as fedtrack.knobs checks it, into its typed value on args."""
     for name in (k.name for k in (*KNOBS.values(), *JOB_ONLY.values())):
-        text = getattr(args, name)
+        text = getattr(args, name, None)
         if text is None or (name == "register_model" and not text):
             continue
         try:
@@ -75,19 +82,41 @@ def check_knobs(args):
             raise UsageError(str(e)) from None
 
 
+def site_settings(args) -> dict:
+    """The simulated sites' settings as their variables ({} but for sim); a UsageError for one given to a
+    deployed site's job, which each site sets for itself."""
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in SITE_FLAGS}
+    if args.env != "sim":
+        for flag, value in given.items():
+            if value is not None:
+                var = SITE_FLAGS[flag][0]
+                raise UsageError(f"{flag} is each site's own setting, not the job's: set {var} at the site "
+                                 f"({var[len(settings.PREFIX):]} in .env for this stack)")
+        return {}
+    env = {settings.DATA_DIR_ENV: os.path.abspath(given["--data-dir"] or DEFAULTS["data_dir"])}
+    for flag in ("--spool-limit", "--system-metrics-interval"):
+        var = SITE_FLAGS[flag][0]
+        if given[flag] is not None:
+            try:
+                env[var] = str(SITE[var[len(settings.PREFIX):]].check(given[flag], flag))
+            except KnobError as e:
+                raise UsageError(str(e)) from None
+    return env
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:
         check_knobs(args)
         sites = parse_sites(args.site, project_sites(args.project))
+        site_env = site_settings(args)
         if args.env == "sim":
             from fedtrack.job.data import DataMissingError, require_cifar10
 
             if args.dataset == "cifar10":  # the simulated sites read their data on this host
                 try:
-                    args.data_dir = os.path.abspath(args.data_dir)
-                    require_cifar10(args.data_dir)
+                    require_cifar10(site_env[settings.DATA_DIR_ENV])
                 except DataMissingError as e:
                     raise UsageError(str(e))
             # The simulator runs every site on this host, so this host may look at each site's server.
@@ -101,8 +130,6 @@ def main(argv=None) -> int:
                         f"its records are spooled and delivered when it does",
                         file=sys.stderr,
                     )
-        if not os.path.isabs(args.site_code):
-            raise UsageError(f"--site-code {args.site_code!r}: give the absolute path of the site code at each site")
         username = check_admin_kit(args.startup_kit, args.username) if args.env == "prod" else None
         export_dir = os.path.abspath(args.export_dir)
         workspace = os.path.abspath(args.workspace)
@@ -120,10 +147,10 @@ def main(argv=None) -> int:
     os.chdir(HERE)
     # Prod: the admin session opens (and waits for the sites) while the job is built.
     session = open_session(kit, username, list(sites), args.ready_timeout) if args.env == "prod" else None
+    os.environ.update(site_env)  # sim: the simulated sites' own settings (its sites run in this process tree)
     recipe = build_recipe(
-        sites, args.rounds, args.dataset, args.data_dir, args.local_epochs, args.lr, args.batch_size, args.name,
-        args.spool_limit, torch_threads, None if args.env == "sim" else args.site_code, args.system_metrics_interval,
-        args.register_model, args.lost_after,
+        sites, args.rounds, args.dataset, args.local_epochs, args.lr, args.batch_size, args.name, torch_threads,
+        args.register_model, args.lost_after, sim=args.env == "sim",
     )
     try:
         if args.env == "sim":

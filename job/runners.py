@@ -15,6 +15,9 @@ log = logging.getLogger("fedtrack.job")
 def run_sim(recipe, sites: dict, workspace: str) -> int:
     from nvflare.recipe.sim_env import SimEnv
 
+    from fedtrack.policy.install import install_for_simulator
+
+    install_for_simulator(os.path.join(workspace, recipe.name))  # the sites' allow list here too
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=workspace)
     run = recipe.run(env)
     result = run.get_result()

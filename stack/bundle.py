@@ -43,7 +43,7 @@ down: ## Stop and remove the containers; keep the data (volumes)
 # The same knobs as the project's `make submit` (stack/up.sh job_args); empty ones take the job's defaults.
 ADMIN_TARGETS = """
 submit: ## Submit the job (ROUNDS, LR, LOCAL_EPOCHS, BATCH_SIZE, DATASET, JOB_NAME, TORCH_THREADS from .env or the command line)
-\t$(ADMIN) fedtrack-job --env prod --startup-kit /kit --no-wait --name "$(JOB_NAME)" --dataset "$(DATASET)" --data-dir /data \\
+\t$(ADMIN) fedtrack-job --env prod --startup-kit /kit --no-wait --name "$(JOB_NAME)" --dataset "$(DATASET)" \\
 \t  $(if $(ROUNDS),--rounds "$(ROUNDS)") $(if $(LR),--lr "$(LR)") $(if $(LOCAL_EPOCHS),--local-epochs "$(LOCAL_EPOCHS)") \\
 \t  $(if $(BATCH_SIZE),--batch-size "$(BATCH_SIZE)") $(if $(TORCH_THREADS),--torch-threads "$(TORCH_THREADS)")
 
@@ -76,7 +76,10 @@ def env_file(project: Project, part: str) -> str:
     if is_site:
         env += ["MLFLOW_VERSION=" + pin("mlflow"),
                 f"# {part}'s MLflow UI, on this host's loopback", f"{port_var(part)}={project.ports[part]}",
-                "# digits (bundled) needs nothing here; cifar10 needs cifar-10-batches-py/ in DATA_DIR", "DATA_DIR=./data"]
+                "# digits (bundled) needs nothing here; cifar10 needs cifar-10-batches-py/ in DATA_DIR", "DATA_DIR=./data",
+                "# This site's tracking (empty: the defaults; a job cannot set them): the most undelivered records",
+                "# its spool keeps, and seconds between samples of its hardware (0: none)",
+                "SPOOL_LIMIT=", "SYSTEM_METRICS_INTERVAL="]
     if part == server:
         env += [f"# The address the FL port ({project.fl_port}) is published on (0.0.0.0: every interface)", "FL_BIND=0.0.0.0"]
     else:

@@ -103,10 +103,12 @@ class MLflowServer:
 class FlareSystem:
     """A provisioned FL server and its sites as local processes, like `start.sh` runs them, under
     the deployment's local policy (fedtrack.policy) and with the fedtrack package installed, as the
-    FLARE image has it: jobs submitted here carry configuration only (job.py --site-code JOB_DIR)."""
+    FLARE image has it: jobs submitted here carry configuration only. Each site's own settings
+    (fedtrack.site.settings: its tracking URI, ...) are its process's environment, from site_env."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, site_env: dict = None):
         self.root = root
+        self.site_env = site_env or {}
         self.port = free_port()
         self.procs = {}
         self.kits = os.path.join(root, "ws", "fedtrack", "prod_00")
@@ -152,9 +154,9 @@ class FlareSystem:
 
     def start(self):
         self.provision()
-        env = dict(os.environ)
         for kit, proc in (("localhost", "server"), *((s, s) for s in self.sites)):
             cmd = [a.replace('"$WORKSPACE"', self.kit(kit)) for a in self.launch(kit)]
+            env = dict(os.environ, **self.site_env.get(proc, {}))
             self.procs[proc] = start(cmd, os.path.join(self.root, f"{proc}.log"), cwd=self.kit(kit), env=env)
         wait_until(lambda: all(self.registered(s) for s in self.sites), 180, "every client to register with the server")
         return self

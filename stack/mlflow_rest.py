@@ -6,10 +6,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-
 # Every request goes straight to the site's server: a proxy named by http_proxy (urllib's default) would see
 # the site's admin login, so none is used, whatever the environment says.
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from fedtrack.direct import DIRECT
+
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -64,7 +64,7 @@ check_gpus() {
 # The job as the knobs give it; empty knobs take the job's defaults (job/recipe.py DEFAULTS).
 job_args() {
   echo --env prod --startup-kit /kit --no-wait --name "$JOB_NAME" ${ROUNDS:+--rounds "$ROUNDS"} --dataset "$DATASET" \
-    --data-dir /data ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} ${LR:+--lr "$LR"} \
+    ${TORCH_THREADS:+--torch-threads "$TORCH_THREADS"} ${LR:+--lr "$LR"} \
     ${LOCAL_EPOCHS:+--local-epochs "$LOCAL_EPOCHS"} ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"}
 }
 
@@ -110,12 +110,14 @@ for i in "${!SITES[@]}"; do
 done
 mkdir -p "${DATA_DIR:-./data}"
 
-compose run --rm -T provision
+# </dev/null: compose asks before it recreates a volume whose settings changed (an older deployment's,
+# without its label); no answer is "no", so a site's runs are never deleted by `make up`.
+compose run --rm -T provision </dev/null
 echo "Starting services; the job goes in as soon as the server and every site's client answer..."
 # --remove-orphans: a site no longer in the project stops (its volumes stay, for `make clean` to check).
-compose up -d --remove-orphans
+compose up -d --remove-orphans </dev/null
 # One admin session: it waits for the sites while the job is built, then submits it unless a job of
-# this name still runs. The job takes its sites and tracking URIs from the project (mounted there).
+# this name still runs. The job takes its sites from the project (mounted there).
 # shellcheck disable=SC2046 # as in --submit
 out=$(admin fedtrack-job $(job_args) --once --ready-timeout "${UP_TIMEOUT:-600}" 2>&1) || { echo "$out" >&2; exit 1; }
 if job_id=$(sed -n 's/^running job //p' <<<"$out") && [ -n "$job_id" ]; then

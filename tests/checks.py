@@ -160,28 +160,29 @@ def metric_strings(histories: list) -> set:
     return out
 
 
-def files_holding(root: str, needles: set) -> dict:
-    """{file: [needle, ...]} for every file under root (and every member of a zip) holding a needle."""
-    found = {}
-
-    def scan(name, blob):
-        text = blob.decode("utf-8", errors="ignore")
-        hits = [n for n in needles if n in text]
-        if hits:
-            found[name] = hits
-
+def file_texts(root: str):
+    """(name, text) of every file under root and of every member of a zip among them (links skipped),
+    decoded as far as it is text."""
     for dirpath, _, files in os.walk(root):
         for f in files:
             path = os.path.join(dirpath, f)
             if os.path.islink(path):
                 continue
             with open(path, "rb") as fh:
-                blob = fh.read()
-            scan(path, blob)
+                yield path, fh.read().decode("utf-8", errors="ignore")
             if zipfile.is_zipfile(path):
                 with zipfile.ZipFile(path) as z:
                     for member in z.namelist():
-                        scan(f"{path}!{member}", z.read(member))
+                        yield f"{path}!{member}", z.read(member).decode("utf-8", errors="ignore")
+
+
+def files_holding(root: str, needles: set) -> dict:
+    """{file: [needle, ...]} for every file under root (and every member of a zip) holding a needle."""
+    found = {}
+    for name, text in file_texts(root):
+        hits = [n for n in needles if n in text]
+        if hits:
+            found[name] = hits
     return found
 
 

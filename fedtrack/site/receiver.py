@@ -9,8 +9,9 @@ down, and nothing logged is lost or duplicated in MLflow.
 Compared with nvflare's stock MLflowReceiver it also:
 - refuses to run at any other site than the one it was configured for, so a misrouted job can
   never send one site's metrics to another site's server;
-- at a deployed site, refuses any tracking URI but the site's own (FEDTRACK_TRACKING_URI, set by
-  the site, not by the job), so a job cannot point a site's metrics anywhere else;
+- at a deployed site, delivers only to the site's own tracking server (FEDTRACK_TRACKING_URI, set by
+  the site, not by the job), with the spool limit and system-metrics interval the site sets
+  (fedtrack.site.settings); only the simulator, where this host is every site, takes a job's URI;
 - creates the experiment without a client-side `file://` artifact location, so artifacts are
   stored and served by the site's server (`mlflow-artifacts:/...`);
 - tags each run `site` and `job_id`, and ends it with the job's real outcome (fedtrack.server.outcome):
@@ -21,9 +22,9 @@ Compared with nvflare's stock MLflowReceiver it also:
 
 import contextlib
 import logging
+import os
 import threading
 import time
-from typing import List, Optional
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 from nvflare.apis.event_type import EventType
@@ -32,12 +33,12 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 
-from fedtrack.names import ALIVE_PER_LOST, ALIVE_TOPIC, LOST_AFTER, OUTCOME_TOPIC, STATUS_KEY, spool_dir
+from fedtrack.names import ALIVE_PER_LOST, ALIVE_TOPIC, LOST_AFTER, OUTCOME_TOPIC, SITE_URI_ENV, STATUS_KEY, spool_dir
+from fedtrack.site import settings
 from fedtrack.site.records import records_of
 from fedtrack.site.system import gpus, system_metrics
 from fedtrack.spool.delivery import check_destination
 from fedtrack.spool.forwarder import start_forwarder
-from fedtrack.spool.store import DEFAULT_MAX_RECORDS
 from fedtrack.spool.writer import SpoolWriter
 
 FORWARDER_CHECK = 5.0  # seconds between checks that the site's forwarder runs
@@ -63,21 +64,18 @@ class SiteMLflowReceiver(AnalyticsReceiver):
     def __init__(
         self,
         site: str,
-        tracking_uri: str,
         experiment_name: str,
         run_name: str = "fedavg",
-        events: Optional[List[str]] = None,
-        max_spooled_records: int = DEFAULT_MAX_RECORDS,
-        system_metrics_interval: float = 0,
         lost_after: float = LOST_AFTER,
+        tracking_uri: str = "",
     ):
-        super().__init__(events=events or [ANALYTIC_EVENT_TYPE])
+        super().__init__(events=[ANALYTIC_EVENT_TYPE])  # the site's local events only
         self.site = site
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = tracking_uri  # the simulator's; a deployed site's is its own (SITE_URI_ENV)
         self.experiment_name = experiment_name
         self.run_name = run_name
-        self.max_spooled_records = max_spooled_records
-        self.system_metrics_interval = system_metrics_interval  # seconds between samples; 0: none
+        self.lost_after = lost_after
+        self.max_spooled_records = self.system_metrics_interval = None  # the site's (fedtrack.site.settings)
         self.alive_interval = float(lost_after) / ALIVE_PER_LOST  # the server's job deems a site silent that long lost
         self.writer = None
         self.spool_dir = None
@@ -93,7 +91,13 @@ class SiteMLflowReceiver(AnalyticsReceiver):
                 f"this receiver is configured for site {self.site!r} but runs at {identity!r}; "
                 f"refusing to send {identity}'s metrics to {self.site}'s tracking server"
             )
-        check_destination(self.tracking_uri)  # the site's own MLflow, whatever the job asks
+        if self.tracking_uri:
+            check_destination(self.tracking_uri)  # the site's own MLflow, whatever the job asks
+        self.tracking_uri = os.environ.get(SITE_URI_ENV) or self.tracking_uri
+        if not self.tracking_uri:
+            raise RuntimeError(f"site {identity} has no tracking server: set {SITE_URI_ENV} in its environment")
+        self.max_spooled_records = settings.spool_limit()
+        self.system_metrics_interval = settings.system_metrics_interval()  # seconds between samples; 0: none
         job_id = run_label = fl_ctx.get_job_id()
         if job_id == "simulate_job":  # every simulator run has this id: make the run's tag unique
             job_id = f"simulate_job-{int(time.time() * 1000)}"

@@ -100,10 +100,14 @@ def idle(stack, first_job):
 
 @pytest.fixture(scope="session")
 def finished_job(stack, first_job):
-    """The stack's first job, finished, and every metric value its sites logged."""
-    histories = []
+    """The stack's first job, finished: each site's checked run's histories, the text forms of every metric
+    value its sites logged, and their accuracy values."""
+    histories = {}
     for site in SITES:
         server = stack.mlflow(site)
         run = site_run(server, f"{stack.job_name}-{site}", site, first_job)
-        histories.append(check_site_run(server, run, site, stack.rounds))
-    return {"job_id": first_job, "needles": metric_strings(histories)}
+        histories[site] = check_site_run(server, run, site, stack.rounds)
+    accuracies = sorted({float(p["value"]) for h in histories.values() for k in ("accuracy", "local_accuracy")
+                         for p in h.get(k, [])})
+    return {"job_id": first_job, "histories": histories, "needles": metric_strings(list(histories.values())),
+            "accuracies": accuracies}

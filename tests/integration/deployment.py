@@ -15,8 +15,9 @@ from support import wait_until
 SHORT_TIMERS = {"DELIVERY_RETRY_CAP": 5, "HEALTHCHECK_INTERVAL": 2}
 
 
-def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+def run(cmd: list, cwd, timeout: float = 1800, check: bool = True, env: dict = None,
+        stdin: str = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} in {cwd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -61,6 +62,16 @@ class Deployment:
     def exec_python(self, service: str, code: str, *args) -> subprocess.CompletedProcess:
         return self.compose("exec", "-T", service, "python3", "-c", code, *args, check=False)
 
+    def copy_out(self, service: str, path: str, dest: str):
+        """A service's folder, copied into dest; links (startup/ points into the read-only kit) skipped."""
+        import io
+        import tarfile
+
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        tar = subprocess.run(["docker", "cp", f"{cid}:{path}", "-"], capture_output=True, check=True).stdout
+        skip_links = lambda member, p: None if member.issym() else tarfile.data_filter(member, p)  # noqa: E731
+        tarfile.open(fileobj=io.BytesIO(tar)).extractall(dest, filter=skip_links)
+
     def logs(self, *services, tail: int = None) -> str:
         """The services' logs (all, the admin's too, by default), for a post-mortem."""
         return self.compose("--profile", "admin", "logs", "--no-color", *(["--tail", str(tail)] if tail else []),
@@ -84,13 +95,13 @@ class Deployment:
 
     # ------------------------------------------------------------------ the admin
 
-    def admin(self, *args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def admin(self, *args, check: bool = True, timeout: float = 600, stdin: str = None) -> subprocess.CompletedProcess:
         """A command in the admin container (FL network only, the admin kit at /kit): one container kept
         for the tests' own admin commands, started again when it is gone (`make down`); `make` targets
         start their own, as a user's do."""
         if not self._admin_running():
             self._admin = self.compose("--profile", "admin", "run", "-d", "admin", "sleep", "infinity").stdout.strip().splitlines()[-1]
-        return run(["docker", "exec", "-i", self._admin, *args], self.folder, timeout, check)
+        return run(["docker", "exec", "-i", self._admin, *args], self.folder, timeout, check, stdin=stdin)
 
     _admin = None
 
@@ -103,19 +114,19 @@ class Deployment:
         return bool(self._admin) and subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self._admin],
                                                     capture_output=True, text=True).stdout.strip() == "true"
 
-    def admin_python(self, code: str, *args) -> str:
+    def admin_python(self, code: str, *args, stdin: str = None) -> str:
         """Run `code` with an admin session `sess` (the image's fedtrack.admin) in the admin
-        container; its standard output."""
+        container (`stdin` on its standard input); its standard output."""
         body = "\n".join("    " + line for line in code.strip("\n").splitlines())
         script = ("import json, os, sys\nfrom fedtrack.admin import session\nsess = session()\n"
                   f"try:\n{body}\nfinally:\n    sess.close()\n"
                   "    sys.stdout.flush()\n    os._exit(0)\n")  # the session's threads would keep it alive
-        return self.admin("python3", "-c", script, *args).stdout
+        return self.admin("python3", "-c", script, *args, stdin=stdin).stdout
 
     def fedtrack_job(self, name: str, rounds: int, *extra: str, wait: bool = False) -> str:
-        """fedtrack-job in the admin container, on the data at /data; its output."""
+        """fedtrack-job in the admin container (each site trains on its own /data); its output."""
         return self.admin("fedtrack-job", "--env", "prod", "--startup-kit", "/kit", *([] if wait else ["--no-wait"]),
-                          "--name", name, "--rounds", str(rounds), "--data-dir", "/data", *extra).stdout
+                          "--name", name, "--rounds", str(rounds), *extra).stdout
 
     def submit(self, name: str, rounds: int, *extra: str) -> str:
         """A job submitted (not waited for); its id."""

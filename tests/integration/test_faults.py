@@ -28,6 +28,10 @@ SMALL_SPOOL = f"""services:
       - /tmp:size=512m
       - /home/flare:size=64m
       - /workspace/tracking-spool:size=16m,uid=10001,gid=10001,mode=0700
+    environment:
+      # No system metrics (the site's setting): their count would depend on the job's length; the sum below
+      # counts what the script logs.
+      FEDTRACK_SYSTEM_METRICS_INTERVAL: "0"
 """
 
 
@@ -156,22 +160,51 @@ def test_a_server_restart_mid_job_ends_the_job_and_the_next_make_up_runs_a_new_o
 
 
 def test_make_clean_removes_only_what_the_project_made(stack, tmp_path):
-    """KITS_ROOT and CA_DIR that hold other files: those stay, and so do the folders; the checkout
-    itself is refused. Its own compose project name: the shared stack is not touched."""
+    """KITS_ROOT and CA_DIR that hold other files, another project's kits among them: only the names
+    provisioning listed go (its stamps, written here as provision.sh writes them); a folder without a
+    stamp is refused, and so is the checkout. Its own compose project name: the shared stack is not touched."""
     kits, ca = tmp_path / "kits", tmp_path / "ca"
-    for folder in (kits / "fedtrack" / "prod_00" / SITE, kits / "secrets" / SITE, ca):
+    for folder in (kits / "fedtrack" / "prod_00" / SITE, kits / "other" / "prod_00" / SITE, kits / "secrets" / SITE, ca):
         folder.mkdir(parents=True)
     (kits / ".project.sha256").write_text("x")
     (kits / "secrets" / SITE / "p").write_text("x")
     (ca / "cert.json").write_text("{}")
     (kits / "canary.txt").write_text("mine")
     (ca / "canary.txt").write_text("mine")
+    with open(os.path.join(ROOT, "provision", "provision.sh")) as f:
+        header = re.search(r'^STAMP_HEADER="(.*)"$', f.read(), re.M).group(1)
+    (kits / ".provisioned-kits").write_text(f"{header}\nfedtrack\nsecrets\n.project.sha256\n")
+    (ca / ".provisioned-ca").write_text(f"{header}\ncert.json\n")
     canary = Deployment(ROOT, {"COMPOSE_PROJECT_NAME": f"fedtrack-canary-{os.getpid()}", "KITS_ROOT": kits, "CA_DIR": ca})
     result = canary.make("clean", timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(os.listdir(kits)) == ["canary.txt"] and sorted(os.listdir(ca)) == ["canary.txt"]
+    assert sorted(os.listdir(kits)) == ["canary.txt", "other"] and sorted(os.listdir(ca)) == ["canary.txt"]
+    (kits / "secrets").mkdir()  # e.g. ~/secrets under KITS_ROOT=$HOME: no stamp names it now
+    refused = canary.make("clean-kits", timeout=120, check=False)
+    assert refused.returncode != 0 and "no .provisioned-kits" in refused.stderr, refused.stderr
+    assert sorted(os.listdir(kits)) == ["canary.txt", "other", "secrets"]
     refused = Deployment(ROOT, {"KITS_ROOT": "."}).make("clean-kits", timeout=120, check=False)
     assert refused.returncode != 0 and "refusing to clean ." in refused.stderr, refused.stderr
+
+
+def test_make_clean_refuses_another_compose_projects_volume(stack, tmp_path):
+    """`make clean COMPOSE_PROJECT_NAME=<other>` removes nothing without this deployment's label; the shared
+    stack's volumes carry it."""
+    other = f"fedtrack-other-{os.getpid()}"
+    volume = f"{other}_pgdata"
+    subprocess.run(["docker", "volume", "create", "--label", f"com.docker.compose.project={other}", volume],
+                   check=True, capture_output=True)
+    try:
+        result = Deployment(ROOT, {"COMPOSE_PROJECT_NAME": other, "KITS_ROOT": tmp_path / "k", "CA_DIR": tmp_path / "c"}
+                            ).make("clean", timeout=300, check=False, extra=["CONFIRM=yes"])
+        assert result.returncode != 0 and f"volume {volume} of compose project {other} is not this deployment's" \
+            in result.stderr, result.stderr
+        assert subprocess.run(["docker", "volume", "inspect", volume], capture_output=True).returncode == 0
+        ours = subprocess.run(["docker", "volume", "inspect", f"{stack.name}_server-workspace"], capture_output=True,
+                              text=True).stdout
+        assert json.loads(ours)[0]["Labels"]["fedtrack.project"] == "fedtrack"
+    finally:
+        subprocess.run(["docker", "volume", "rm", volume], capture_output=True)
 
 
 # --------------------------------------------------------------------------- a full spool volume
@@ -197,8 +230,7 @@ def test_a_full_spool_volume_is_counted_makes_the_client_unhealthy_and_delivery_
 def check_full_spool(stack, name: str, rounds: int, first_job: str):
     stack.compose("exec", "-T", SITE, "sh", "-c", "cat /dev/zero > /workspace/tracking-spool/filler", check=False)
     wait_until(lambda: health(stack, SITE) == "unhealthy", 60, f"{SITE} unhealthy with a full spool")
-    # No system metrics: their count would depend on the job's length; the sum below counts what the script logs.
-    job_id = stack.submit(name, rounds, "--system-metrics-interval", "0")
+    job_id = stack.submit(name, rounds)
     stack.wait_for_round(OTHER, name, 2)
     wait_until(lambda: "FAILING now" in spool_line(stack, SITE), 120, f"{SITE}'s failed writes in its status")
     status = stack.make("status").stdout

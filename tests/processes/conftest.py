@@ -2,6 +2,9 @@
 
 import pytest
 
+from fedtrack.names import SITE_URI_ENV
+from fedtrack.site.settings import SYSTEM_METRICS_ENV
+
 from support import SITES, FlareSystem, MLflowServer
 
 
@@ -20,8 +23,11 @@ def mlflow_servers(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def flare_system(tmp_path_factory):
-    system = FlareSystem(str(tmp_path_factory.mktemp("flare")))
+def flare_system(tmp_path_factory, mlflow_servers):
+    """The provisioned system; each site's own settings as a deployed site has them: its MLflow, and
+    system metrics every second (these short jobs would get few samples at the default 10 s)."""
+    site_env = {s: {SITE_URI_ENV: mlflow_servers[s].uri, SYSTEM_METRICS_ENV: "1"} for s in SITES}
+    system = FlareSystem(str(tmp_path_factory.mktemp("flare")), site_env)
     try:
         yield system.start()
     finally:

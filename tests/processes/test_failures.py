@@ -10,7 +10,7 @@ import pytest
 
 from checks import SITES, site_run
 from stack.mlflow_rest import MLflowREST
-from support import JOB_DIR, run_job
+from support import run_job
 
 pytestmark = pytest.mark.processes
 
@@ -20,12 +20,11 @@ def test_training_that_fails_at_every_site_ends_failed(mlflow_servers, flare_sys
     (only the simulator checks that before it starts). Each site's receiver has opened its run by then:
     it starts with the job, the training script after it."""
     name = f"fails-{os.getpid()}"
-    empty = tmp_path / "no-cifar10"
-    empty.mkdir()
+    # The sites' own data folder (their ./data: FEDTRACK_DATA_DIR is not set) holds no CIFAR-10.
+    assert not any(os.path.exists(os.path.join(flare_system.kit(s), "data", "cifar-10-batches-py")) for s in SITES)
     result = run_job(*(a for s in SITES for a in ("--site", f"{s}={mlflow_servers[s].uri}")),
-                     "--rounds", "1", "--local-epochs", "1", "--dataset", "cifar10", "--data-dir", str(empty),
-                     "--system-metrics-interval", "0", "--env", "prod", "--startup-kit", flare_system.admin_kit,
-                     "--site-code", JOB_DIR, "--name", name, "--timeout", "300")
+                     "--rounds", "1", "--local-epochs", "1", "--dataset", "cifar10",
+                     "--env", "prod", "--startup-kit", flare_system.admin_kit, "--name", name, "--timeout", "300")
     out = result.stdout[-3000:] + result.stderr[-3000:]
     submitted = re.search(r"submitted job (\S+)", result.stdout)
     assert submitted, out

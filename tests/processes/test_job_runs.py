@@ -21,7 +21,7 @@ from checks import (
     metric_strings,
     site_run,
 )
-from support import JOB_DIR, ROOT, load_json, run_job
+from support import ROOT, load_json, run_job
 from stack.mlflow_rest import MLflowREST, tags
 
 pytestmark = pytest.mark.processes
@@ -51,8 +51,8 @@ def sim_run(mlflow_servers, tmp_path_factory):
 def prod_run(mlflow_servers, flare_system):
     name = f"prod-{os.getpid()}"
     t0 = time.monotonic()
-    result = run_job(*site_args(mlflow_servers), "--rounds", str(ROUNDS), "--env", "prod", *SAMPLE_OFTEN,
-                     "--startup-kit", flare_system.admin_kit, "--site-code", JOB_DIR, "--name", name, "--timeout", "600")
+    result = run_job(*site_args(mlflow_servers), "--rounds", str(ROUNDS), "--env", "prod",  # sampling: the sites' own
+                     "--startup-kit", flare_system.admin_kit, "--name", name, "--timeout", "600")
     print(f"\nprovisioned processes, {ROUNDS} rounds: {time.monotonic() - t0:.1f} s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", result.stdout).group(1)

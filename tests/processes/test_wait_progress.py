@@ -18,7 +18,7 @@ import pytest
 
 from fedtrack.admin import BAR_WIDTH
 from fedtrack.server.progress import NO_FORMATTER
-from support import BIN, JOB_DIR, ROOT, SITES, run_job, stop
+from support import BIN, ROOT, SITES, run_job, stop
 
 pytestmark = pytest.mark.processes
 
@@ -64,7 +64,7 @@ def test_make_wait_shows_the_rounds_on_a_terminal_and_on_a_pipe(mlflow_servers, 
     name = f"progress-{os.getpid()}"
     sites = [a for s in SITES for a in ("--site", f"{s}={mlflow_servers[s].uri}")]
     result = run_job(*sites, "--rounds", str(ROUNDS), "--env", "prod", "--startup-kit", flare_system.admin_kit,
-                     "--site-code", JOB_DIR, "--name", name, "--no-wait")
+                     "--name", name, "--no-wait")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", result.stdout).group(1)
 

@@ -1,5 +1,5 @@
-"""The exported job: per-site receivers at each site's own URI, nothing forwarded to the server,
-no host path baked in. No server or Docker needed."""
+"""The exported job: per-site trainers and receivers with typed settings only, nothing forwarded to the
+server, no host path or tracking URI baked in. No server or Docker needed."""
 
 import json
 import os
@@ -26,17 +26,22 @@ def client_config(job_dir, site):
         return json.load(f)
 
 
-def test_each_site_gets_one_receiver_at_its_own_uri(exported):
+def test_each_site_gets_one_receiver_that_names_its_run_and_no_tracking_server(exported):
+    """Where a site's metrics go is the site's (FEDTRACK_TRACKING_URI): the job names the run only."""
     for site, uri in URIS.items():
-        comps = client_config(exported, site)["components"]
-        receivers = [c for c in comps if c["path"].endswith("SiteMLflowReceiver")]
+        config = client_config(exported, site)
+        receivers = [c for c in config["components"] if c["path"].endswith("SiteMLflowReceiver")]
         assert len(receivers) == 1
-        args = receivers[0]["args"]
-        assert args["site"] == site and args["tracking_uri"] == uri
-        assert args["events"] == ["analytix_log_stats"]  # local events only
-        assert args["experiment_name"] == f"exp-{site}"
-        other = next(u for s, u in URIS.items() if s != site)
-        assert other not in json.dumps(client_config(exported, site))
+        assert receivers[0]["args"] == {"site": site, "experiment_name": f"exp-{site}", "run_name": "exp"}
+        assert not [u for u in URIS.values() if u in json.dumps(config)], "a tracking URI is in the job"
+
+
+def test_every_app_of_the_job_passes_its_participants_deploy_check(exported):
+    from fedtrack.policy.validator import check_app
+
+    for app in sorted(os.listdir(exported)):
+        if app.startswith("app_"):
+            assert check_app(str(exported / app), is_server=app == "app_server") == "", app
 
 
 def test_no_client_forwards_analytics_to_the_server(exported):
@@ -46,8 +51,10 @@ def test_no_client_forwards_analytics_to_the_server(exported):
     for site in URIS:
         text = json.dumps(client_config(exported, site))
         assert "ConvertToFedEvent" not in text and "fed.analytix" not in text
-        executor = client_config(exported, site)["executors"][0]["executor"]["args"]
-        assert executor["execution_mode"] == "in_process"
+        executor = client_config(exported, site)["executors"][0]["executor"]
+        # The site's own executor, which runs its training script in-process (no fed events) whatever the job says.
+        assert executor["path"] == "fedtrack.site.trainer.SiteTrainer"
+        assert not {"execution_mode", "command", "task_script_path"} & set(executor["args"])
 
 
 def test_server_has_the_guard_and_no_receiver(exported):
@@ -69,16 +76,16 @@ def test_no_host_specific_path_in_the_job(exported):
 
 
 def test_the_job_is_configuration_only(exported):
-    """No code travels with the job (every site refuses custom code): the sites run the training
-    script, receiver and model installed in their image, named by path and module."""
+    """No code travels with the job (every site refuses custom code), and no argument names a path: each
+    site runs the training script, receiver and model installed in its image."""
     from fedtrack.job.audit import custom_code
-    from fedtrack.job.recipe import SITE_CODE
+    from fedtrack.policy.validator import TRAINING
 
     assert custom_code(str(exported)) == []
     assert not [d for d, _, _ in os.walk(exported) if os.path.basename(d) == "custom"]
     for site in URIS:
         executor = client_config(exported, site)["executors"][0]["executor"]["args"]
-        assert executor["task_script_path"] == f"{SITE_CODE}/client.py"
+        assert set(executor) <= set(TRAINING) and "/" not in json.dumps(executor)
 
 
 def test_the_job_uses_only_the_classes_each_sites_policy_allows(exported):
@@ -100,11 +107,14 @@ def test_the_job_uses_only_the_classes_each_sites_policy_allows(exported):
         assert set(paths(json.load(f))) <= set(SERVER_CLASSES)
 
 
-def test_a_relative_site_code_path_is_a_one_line_error(tmp_path):
-    """A relative --site-code would make the training script travel with the job: refused."""
-    result = run_job(*SITE_ARGS, "--env", "export",
-                     "--export-dir", str(tmp_path), "--site-code", "job")
-    assert result.returncode == 2 and "error: --site-code 'job': give the absolute path" in result.stderr
+@pytest.mark.parametrize("flag,value,var", [("--data-dir", "/data", "FEDTRACK_DATA_DIR"),
+                                            ("--spool-limit", "10", "FEDTRACK_SPOOL_LIMIT"),
+                                            ("--system-metrics-interval", "0", "FEDTRACK_SYSTEM_METRICS_INTERVAL")])
+def test_a_sites_own_setting_given_to_a_deployed_job_is_a_one_line_error(tmp_path, flag, value, var):
+    result = run_job(*SITE_ARGS, "--env", "export", "--export-dir", str(tmp_path), flag, value)
+    assert result.returncode == 2 and not os.listdir(tmp_path), result.stderr
+    assert result.stderr.strip() == f"error: {flag} is each site's own setting, not the job's: set {var} at the site " \
+                                    f"({var[len('FEDTRACK_'):]} in .env for this stack)"
 
 
 def test_without_site_flags_the_job_takes_every_site_and_uri_from_the_project(tmp_path):
@@ -121,8 +131,8 @@ def test_without_site_flags_the_job_takes_every_site_and_uri_from_the_project(tm
     project.write_text(yaml.safe_dump(doc))
     result = run_job("--project", str(project), "--env", "export", "--export-dir", str(tmp_path), "--name", "proj")
     assert result.returncode == 0, result.stderr[-3000:]
-    uris = {}
-    for site in ("north", "south"):
-        receiver = next(c for c in client_config(tmp_path / "proj", site)["components"] if c["path"].endswith("SiteMLflowReceiver"))
-        uris[site] = receiver["args"]["tracking_uri"]
-    assert uris == {"north": "http://mlflow-north:5000", "south": "https://mlflow.south.example:8443"}
+    apps = sorted(a for a in os.listdir(tmp_path / "proj") if a.startswith("app_"))
+    assert apps == ["app_north", "app_server", "app_south"]
+    for site in ("north", "south"):  # each site's URI is its own setting (the compose file's), not in the job
+        assert "mlflow" not in json.dumps(client_config(tmp_path / "proj", site)["executors"]).lower()
+        assert "example" not in json.dumps(client_config(tmp_path / "proj", site))

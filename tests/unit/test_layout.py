@@ -129,19 +129,17 @@ def test_each_top_level_folder_says_what_lives_there_and_where_it_runs():
     ("fedtrack.run_outcome", {"fedtrack/names.py"}),                    # server -> site: how the run ended
     ("2.9.0", {"requirements.txt", "docker-compose.yml"}),              # the nvflare pin (the compose file is generated)
     ("3.17.2", {"requirements.txt", "docker-compose.yml"}),             # the mlflow pin
-    ("/opt/fedtrack/job", {"job/recipe.py", "docker/flare.Dockerfile"}),  # the training script (the next test)
 ])
 def test_a_shared_fact_is_stated_in_one_place(needle, home):
     assert places(needle) <= home, f"{needle!r} is spelled outside {sorted(home)}: {sorted(places(needle) - home)}"
 
 
-def test_the_image_links_the_training_script_where_the_job_names_it():
-    """recipe.SITE_CODE is where the FLARE image links the installed fedtrack.job (docker/flare.Dockerfile)."""
-    from fedtrack.job.recipe import SITE_CODE
+def test_a_site_trains_with_the_training_script_installed_with_its_package():
+    """SiteTrainer names no path a job gave: the client.py of the fedtrack.job installed beside it."""
+    import fedtrack.job.client
+    from fedtrack.site.trainer import TRAINING_SCRIPT
 
-    dockerfile = read("docker/flare.Dockerfile")
-    link = re.search(r"ln -s \"\$\(.*fedtrack\.job.*\)\" (\S+)", dockerfile)
-    assert link and link.group(1) == SITE_CODE, "the image's link and recipe.SITE_CODE differ"
+    assert os.path.samefile(TRAINING_SCRIPT, fedtrack.job.client.__file__)
 
 
 def test_every_env_knob_is_read_by_something():

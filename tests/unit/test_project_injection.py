@@ -105,14 +105,14 @@ def test_the_valid_value_passes(tmp_path, kind, key, label, valid):
 
 # ------------------------------------------------------------------------------ the output's shape
 
-HARDENED = {"cap_drop", "security_opt", "read_only", "logging"}
-FLARE = HARDENED | {"image", "entrypoint", "restart", "init", "stop_grace_period", "tmpfs"}
+HARDENED = {"cap_drop", "security_opt", "read_only", "logging", "labels"}
+FLARE = HARDENED | {"image", "entrypoint", "restart", "init", "stop_grace_period", "tmpfs", "dns"}
 KEYS = {
     "provision": HARDENED | {"image", "entrypoint", "user", "cap_add", "tmpfs", "environment", "volumes",
                              "network_mode", "restart", "profiles"},
     "server": FLARE | {"mem_limit", "pids_limit", "volumes", "networks", "healthcheck"},
     "site": FLARE | {"mem_limit", "pids_limit", "healthcheck", "depends_on", "environment", "secrets", "volumes", "networks"},
-    "mlflow": HARDENED | {"image", "restart", "command", "mem_limit", "cpu_shares", "pids_limit", "tmpfs", "healthcheck",
+    "mlflow": HARDENED | {"image", "restart", "command", "dns", "mem_limit", "cpu_shares", "pids_limit", "tmpfs", "healthcheck",
                           "environment", "secrets", "volumes", "ports", "networks"},
     "admin": FLARE | {"restart", "profiles", "mem_limit", "pids_limit", "tmpfs", "working_dir", "command", "volumes", "networks"},
 }

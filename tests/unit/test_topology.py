@@ -93,7 +93,8 @@ def test_three_sites_get_three_of_everything(tmp_path):
     for site in ("north", "south", "east"):
         assert services[site]["networks"] == ["fl", site]
         assert services[f"mlflow-{site}"]["networks"] == [site, f"{site}-ui"]
-        assert networks[site] == {"internal": True} and networks[f"{site}-ui"] == {}
+        label = {"labels": {"fedtrack.project": project.name}}
+        assert networks[site] == {"internal": True, **label} and networks[f"{site}-ui"] == label
         assert f"{site}-workspace" in compose["volumes"] and f"mlflow-{site}" in compose["volumes"]
         assert services[site]["depends_on"] == {"server": {"condition": "service_started"},
                                                 f"mlflow-{site}": {"condition": "service_started"}}
@@ -103,7 +104,7 @@ def test_three_sites_get_three_of_everything(tmp_path):
     assert services["mlflow-east"]["ports"] == [f"127.0.0.1:${{{port_var('east')}:-5003}}:5000"]
     assert services["north"]["environment"]["FEDTRACK_TRACKING_URI"] == "http://mlflow-north:5000"
     assert services["east"]["environment"]["FEDTRACK_TRACKING_URI"] == "https://mlflow.east.example:8443"
-    assert networks["fl"] == {"internal": True}
+    assert networks["fl"] == {"internal": True, "labels": {"fedtrack.project": project.name}}
     assert services["server"]["networks"] == ["fl"] and services["admin"]["networks"] == ["fl"]
 
 
@@ -114,7 +115,8 @@ def test_bundles_hold_one_participants_services(tmp_path):
     assert site["services"]["south"]["extra_hosts"] == [
         "server:${FL_SERVER_ADDRESS:?set FL_SERVER_ADDRESS in .env to the FL server host's address}"]
     assert "server" not in site["services"]["south"]["depends_on"]
-    assert site["networks"]["fl"] == {} and site["networks"]["south"] == {"internal": True}
+    label = {"fedtrack.project": project.name}
+    assert site["networks"]["fl"] == {"labels": label} and site["networks"]["south"] == {"internal": True, "labels": label}
     assert all(s["file"].startswith("./secrets/") for s in site["secrets"].values())
     server = yaml.safe_load(bundle_files(project, "server", [])["docker-compose.yml"])
     assert sorted(server["services"]) == ["server"]
