@@ -17,7 +17,10 @@ import sys
 
 import pytest
 
+from checks import SITES
 from support import ROOT
+
+ONE, TWO = SITES[:2]  # the project's sites (no other file names them)
 
 CLEAN = os.path.join(ROOT, "stack", "clean.sh")
 PROVISION = os.path.join(ROOT, "provision", "provision.sh")
@@ -133,7 +136,7 @@ class Engine:
             state["spools"][name] = spool
         self.save(state)
 
-    def deployment(self, project: str, sites=("site-1", "site-2"), label=PROJECT, spools=0):
+    def deployment(self, project: str, sites=(ONE, TWO), label=PROJECT, spools=0):
         """The containers, networks and volumes `make up` makes for compose project `project`."""
         self.add("volumes", f"{project}_server-workspace", project, label)
         self.add("containers", f"{project}-server-1", project, label)
@@ -179,8 +182,8 @@ def write(path, text: str = "x"):
 
 def provisioned(kits, ca, extra=()):
     """KITS_ROOT and CA_DIR as provisioning leaves them: kits, secrets, the hash, the root CA, both stamps."""
-    write(kits / PROJECT / "prod_00" / "site-1" / "startup" / "client.key")
-    write(kits / "secrets" / "site-1" / "mlflow" / "admin_password")
+    write(kits / PROJECT / "prod_00" / ONE / "startup" / "client.key")
+    write(kits / "secrets" / ONE / "mlflow" / "admin_password")
     write(kits / ".project.sha256")
     write(kits / ".provisioned-kits", "\n".join([stamp_header(), *KITS, *extra]) + "\n")
     write(ca / "cert.json", "{}")
@@ -229,14 +232,14 @@ def test_only_the_names_the_stamps_list_are_removed(engine, tmp_path):
     """Another kits folder (with its prod_00), a file and a folder of someone else's stay, and so do the folders."""
     kits, ca = tmp_path / "kits", tmp_path / "ca"
     provisioned(kits, ca)
-    write(kits / "other-project" / "prod_00" / "site-1" / "startup" / "client.key", "not ours")
+    write(kits / "other-project" / "prod_00" / ONE / "startup" / "client.key", "not ours")
     write(kits / "notes.txt", "mine")
     write(ca / "canary.txt", "mine")
 
     result = clean(engine, "kits", kits, ca)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(kits)) == ["notes.txt", "other-project"]
-    assert (kits / "other-project" / "prod_00" / "site-1" / "startup" / "client.key").read_text() == "not ours"
+    assert (kits / "other-project" / "prod_00" / ONE / "startup" / "client.key").read_text() == "not ours"
     result = clean(engine, "ca", kits, ca)
     assert result.returncode == 0, result.stderr
     assert os.listdir(ca) == ["canary.txt"]
@@ -322,7 +325,7 @@ def test_this_deployment_goes_and_nothing_else(engine, tmp_path):
     kits, ca = tmp_path / "kits", tmp_path / "ca"
     provisioned(kits, ca)
     write(kits / "notes.txt", "mine")
-    engine.deployment("fedtrack", sites=("site-1", "site-2", "site-3"))
+    engine.deployment("fedtrack", sites=(ONE, TWO, "site-3"))
     engine.add("volumes", "other_pgdata", "other", None)
     engine.add("volumes", "fedtrack-2_server-workspace", "fedtrack-2")
     result = clean(engine, "all", kits, ca, CONFIRM="yes")
@@ -341,7 +344,7 @@ def test_undelivered_records_and_mlflow_runs_are_still_refused_without_their_wor
     engine.deployment("fedtrack", spools=3)
     state, before = engine.state, tree(kits)
     refused(clean(engine, "all", kits, ca, CONFIRM="yes"),
-            "undelivered tracking records (site-1-workspace: 3, site-2-workspace: 3)", "DISCARD_UNDELIVERED=yes")
+            f"undelivered tracking records ({ONE}-workspace: 3, {TWO}-workspace: 3)", "DISCARD_UNDELIVERED=yes")
     refused(clean(engine, "all", kits, ca, DISCARD_UNDELIVERED="yes"), "make clean CONFIRM=yes", "Nothing removed")
     assert engine.state == state and tree(kits) == before and engine.changes() == []
     assert clean(engine, "all", kits, ca, DISCARD_UNDELIVERED="yes", CONFIRM="yes").returncode == 0
