@@ -128,7 +128,7 @@ def test_each_top_level_folder_says_what_lives_there_and_where_it_runs():
     ("workflowType=machine_learning", {"fedtrack/project.py"}),         # the UI link's view
     ("fedtrack.run_outcome", {"fedtrack/names.py"}),                    # server -> site: how the run ended
     ("2.9.0", {"requirements.txt", "docker-compose.yml"}),              # the nvflare pin (the compose file is generated)
-    ("3.17.2", {"requirements.txt", "docker-compose.yml"}),             # the mlflow pin
+    ("3.18.0", {"requirements.txt", "docker-compose.yml"}),             # the mlflow pin
 ])
 def test_a_shared_fact_is_stated_in_one_place(needle, home):
     assert places(needle) <= home, f"{needle!r} is spelled outside {sorted(home)}: {sorted(places(needle) - home)}"
