@@ -150,9 +150,15 @@ def _check_component(entry, where: str, table: dict):
     _check_args(path, entry.get("args", {}), table[path])
 
 
+def _check_keys(config: dict, name: str, runs: str):
+    """A config file holds its format, what runs (executors or workflows), components and filters, nothing else."""
+    unknown = set(config) - {"format_version", runs, "components", "task_data_filters", "task_result_filters"}
+    if unknown:
+        raise Refused(f"{name}: unknown keys {sorted(unknown)}")
+
+
 def check_client_config(config: dict):
-    if set(config) - {"format_version", "executors", "components", "task_data_filters", "task_result_filters"}:
-        raise Refused(f"{CLIENT_CONFIG}: unknown keys {sorted(set(config) - {'format_version', 'executors', 'components', 'task_data_filters', 'task_result_filters'})}")
+    _check_keys(config, CLIENT_CONFIG, "executors")
     executors = config.get("executors", [])
     if not isinstance(executors, list) or len(executors) != 1:
         raise Refused(f"{CLIENT_CONFIG}: give exactly one executor, {TRAINER}")
@@ -164,9 +170,7 @@ def check_client_config(config: dict):
 
 
 def check_server_config(config: dict):
-    known = {"format_version", "workflows", "components", "task_data_filters", "task_result_filters"}
-    if set(config) - known:
-        raise Refused(f"{SERVER_CONFIG}: unknown keys {sorted(set(config) - known)}")
+    _check_keys(config, SERVER_CONFIG, "workflows")
     workflows = config.get("workflows", [])
     if not isinstance(workflows, list):
         raise Refused(f"{SERVER_CONFIG}: workflows must be a list")
